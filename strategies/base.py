@@ -1,0 +1,156 @@
+"""The contract every aggregation rule follows.
+
+Theory of operation
+-------------------
+A rule has two halves. The *client half* runs in the agent: ``start`` says how to prepare the
+model for local training (what to merge into the base, how to initialise and freeze the LoRA
+factors), and ``vectors`` turns the trained result into the named float arrays the site submits,
+already weighted by its sample count ``n`` and with ``n`` itself under the key ``N_KEY``.
+The *server half* runs in the coordinator and sees only **sums** of those arrays over the cohort
+(secure aggregation gives it nothing else). A rule may need several secure sums ("phases"): after
+each phase but the last, ``combine`` returns a ``Broadcast`` that every site receives before it
+computes the next phase's vectors; after the last it returns the next global ``Aggregate``.
+
+The global state is always a published adapter (``Adapter``): for averaging rules it is the
+averaged factors that sites continue from, for stacking rules it is the *cumulative* update that
+sites merge into their base before training a fresh LoRA.
+
+Plaintext ``stack`` is the one rule that needs individual factors; it implements
+``IndividualRule`` instead and the coordinator refuses to run it under secure aggregation.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Protocol, runtime_checkable
+
+import numpy as np
+import torch
+
+from .lora import Adapter, DenseUpdate
+
+N_KEY = "__n__"
+"""Reserved vector name carrying the site's sample count (summed to Σ n_i)."""
+
+
+@dataclass(frozen=True)
+class RoundContext:
+    """What both halves know about the current round."""
+
+    round: int
+    """1-based round number."""
+    shapes: Mapping[str, tuple[int, int]]
+    """Target module name -> (d_out, k_in) of its base weight."""
+    ranks: Mapping[str, int]
+    """Cohort site id -> LoRA rank the site trains with (heterogeneous ranks allowed)."""
+    session: bytes = b""
+    """Public per-phase randomness both sides agree on (the secure-sum session id under SecAgg)."""
+    params: Mapping[str, Any] = field(default_factory=dict)
+    """Rule parameters from the coordinator's configuration (e.g. ``lam``, ``oversampling``)."""
+
+    @property
+    def max_rank(self) -> int:
+        """Largest rank in the cohort (zero-padding target for averaging rules)."""
+        return max(self.ranks.values())
+
+    @property
+    def total_rank(self) -> int:
+        """Σ r_i over the cohort (the stacked rank)."""
+        return sum(self.ranks.values())
+
+
+@dataclass(frozen=True)
+class TrainingPlan:
+    """How the agent prepares its model for local training this round."""
+
+    rank: int
+    """LoRA rank to train (ignored when ``dense``)."""
+    scaling: float
+    """LoRA scaling s folded into ΔW = s·B·A."""
+    merge: Adapter | None = None
+    """Update merged into the base weights before training (stacking rules)."""
+    init: Adapter | None = None
+    """Initial factors; ``None`` means PEFT's default initialisation (A random, B zero)."""
+    train_a: bool = True
+    train_b: bool = True
+    dense: bool = False
+    """Train the full target matrices instead of LoRA factors."""
+    merge_dense: DenseUpdate | None = None
+    """Dense update merged into the base before training (the ``dense`` rule's global)."""
+
+
+@dataclass(frozen=True)
+class LocalUpdate:
+    """What local training produced: LoRA factors or full-rank deltas of the targets."""
+
+    adapter: Adapter | None = None
+    dense: DenseUpdate | None = None
+
+
+@dataclass(frozen=True)
+class Broadcast:
+    """Server -> sites between two phases (e.g. secure-stack's orthonormal basis Q)."""
+
+    tensors: Mapping[str, np.ndarray]
+
+
+@dataclass(frozen=True)
+class Aggregate:
+    """The next global state, and facts for the manifest (retained energy, errors, …)."""
+
+    adapter: Adapter | None = None
+    dense: DenseUpdate | None = None
+    info: Mapping[str, Any] = field(default_factory=dict)
+
+
+Vectors = dict[str, np.ndarray]
+
+
+@runtime_checkable
+class Rule(Protocol):
+    """A sums-only aggregation rule (runs under secure aggregation)."""
+
+    name: str
+    phases: int
+
+    def start(self, glob: Aggregate | None, ctx: RoundContext, site: str, alpha: float) -> TrainingPlan:
+        """Client half: how to prepare local training from the current global state."""
+        ...
+
+    def vectors(
+        self, phase: int, update: LocalUpdate, n: int, ctx: RoundContext, broadcast: Broadcast | None
+    ) -> Vectors:
+        """Client half: the weighted arrays submitted to the secure sum of ``phase`` (0-based)."""
+        ...
+
+    def combine(
+        self, phase: int, sums: Mapping[str, np.ndarray], ctx: RoundContext, glob: Aggregate | None
+    ) -> Broadcast | Aggregate:
+        """Server half: turn the phase's sums into a broadcast or the next global state."""
+        ...
+
+
+@runtime_checkable
+class IndividualRule(Protocol):
+    """A rule that needs each site's own factors (plaintext only, never under SecAgg)."""
+
+    name: str
+
+    def start(self, glob: Aggregate | None, ctx: RoundContext, site: str, alpha: float) -> TrainingPlan:
+        """Client half: how to prepare local training."""
+        ...
+
+    def vectors(self, update: LocalUpdate, n: int, ctx: RoundContext) -> Vectors:
+        """Client half: the site's unweighted factors plus ``N_KEY``."""
+        ...
+
+    def combine_individual(
+        self, updates: Mapping[str, Mapping[str, np.ndarray]], ctx: RoundContext, glob: Aggregate | None
+    ) -> Aggregate:
+        """Server half: combine individual submissions (site id -> vectors)."""
+        ...
+
+
+def to_numpy(t: torch.Tensor) -> np.ndarray:
+    """Detach a tensor to a float32 numpy array (vectors travel as float32 unless a rule says so)."""
+    return t.detach().to(torch.float32).cpu().numpy()
