@@ -1,0 +1,235 @@
+"""Conversions between wire messages and plain Python values (the only hand-written module here).
+
+Tensors travel as safetensors bytes, chunked into ~1 MiB messages; every stream ends with the
+sha256 of the whole payload, and the receiver checks it and the declared size before using a byte.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any, Iterable, Iterator, Mapping
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+from safetensors.numpy import load as st_load
+from safetensors.numpy import save as st_save
+
+from . import federation_pb2 as pb
+from . import tensors_pb2 as tpb
+
+CHUNK_BYTES = 1 << 20
+
+
+class CodecError(ValueError):
+    """A message that cannot be decoded: bad hash, bad size, bad tensor bytes, bad spec."""
+
+
+class RoundSpec(BaseModel):
+    """Everything a site needs to take part in one round (travels as JSON in ``Task.spec_json``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    round_id: str
+    round: int = Field(ge=1)
+    rule: str
+    params: dict[str, Any] = Field(default_factory=dict)
+    ranks: dict[str, int]
+    shapes: dict[str, tuple[int, int]]
+    train: dict[str, Any] = Field(default_factory=dict)
+    nonce: str
+    """Hex randomness of this round (public; binds sketches and masks to the round)."""
+    global_version: str | None = None
+    secagg: dict[str, Any] | None = None
+    """Secure-aggregation parameters, or None for plaintext aggregation."""
+
+
+def encode_spec(spec: RoundSpec) -> str:
+    """RoundSpec -> JSON."""
+    return spec.model_dump_json()
+
+
+def decode_spec(text: str) -> RoundSpec:
+    """JSON -> RoundSpec, with a precise error."""
+    try:
+        return RoundSpec.model_validate_json(text)
+    except ValueError as exc:
+        raise CodecError(f"malformed round spec: {exc}") from None
+
+
+# --- tensors -------------------------------------------------------------------------------------
+
+
+def encode_tensors(tensors: Mapping[str, np.ndarray]) -> bytes:
+    """Named arrays -> safetensors bytes (empty mapping -> b"")."""
+    if not tensors:
+        return b""
+    return bytes(st_save({k: np.ascontiguousarray(v) for k, v in tensors.items()}))
+
+
+def decode_tensors(data: bytes) -> dict[str, np.ndarray]:
+    """safetensors bytes -> named arrays."""
+    if not data:
+        return {}
+    try:
+        return dict(st_load(data))
+    except Exception as exc:  # safetensors raises its own error types
+        raise CodecError(f"malformed tensor payload: {exc}") from None
+
+
+def layout_of(tensors: Mapping[str, np.ndarray]) -> list[tuple[str, tuple[int, ...]]]:
+    """(name, shape) in the flattening order (sorted names)."""
+    return [(k, tuple(int(d) for d in tensors[k].shape)) for k in sorted(tensors)]
+
+
+def flatten(tensors: Mapping[str, np.ndarray]) -> np.ndarray:
+    """Concatenate every array (sorted names) into one float32 vector."""
+    if not tensors:
+        return np.zeros(0, np.float32)
+    return np.concatenate([np.asarray(tensors[k], np.float32).ravel() for k in sorted(tensors)])
+
+
+def unflatten(vector: np.ndarray, layout: Iterable[tuple[str, tuple[int, ...]]]) -> dict[str, np.ndarray]:
+    """Inverse of ``flatten`` for a given layout."""
+    out: dict[str, np.ndarray] = {}
+    offset = 0
+    for name, shape in layout:
+        size = int(np.prod(shape)) if shape else 1
+        out[name] = vector[offset : offset + size].reshape(shape)
+        offset += size
+    if offset != vector.size:
+        raise CodecError(f"vector has {vector.size} values but the layout describes {offset}")
+    return out
+
+
+def layout_to_pb(layout: Iterable[tuple[str, tuple[int, ...]]]) -> list[tpb.NamedShape]:
+    """Layout -> NamedShape messages."""
+    return [tpb.NamedShape(name=n, dims=list(s)) for n, s in layout]
+
+
+def layout_from_pb(items: Iterable[tpb.NamedShape]) -> list[tuple[str, tuple[int, ...]]]:
+    """NamedShape messages -> layout, rejecting negative or absurd dimensions."""
+    out = []
+    for item in items:
+        if not item.name or any(d < 0 for d in item.dims) or len(item.dims) > 4:
+            raise CodecError(f"malformed layout entry {item.name!r} {list(item.dims)}")
+        out.append((item.name, tuple(int(d) for d in item.dims)))
+    return out
+
+
+# --- chunked streams -----------------------------------------------------------------------------
+
+
+def chunks(payload: bytes, size: int = CHUNK_BYTES) -> Iterator[tpb.Chunk]:
+    """A payload as Chunk messages; the last carries the sha256 (an empty payload is one chunk)."""
+    digest = hashlib.sha256(payload).hexdigest()
+    total = len(payload)
+    offsets = range(0, total, size) if total else [0]
+    last = offsets[-1]
+    for off in offsets:
+        yield tpb.Chunk(data=payload[off : off + size], offset=off, total_size=total, sha256=digest if off == last else "")
+
+
+def join_chunks(stream: Iterable[tpb.Chunk], max_bytes: int) -> bytes:
+    """Reassemble a Chunk stream, checking order, size and the trailing sha256."""
+    parts: list[bytes] = []
+    received = 0
+    digest = ""
+    for chunk in stream:
+        if chunk.offset != received:
+            raise CodecError(f"chunk at offset {chunk.offset}, expected {received}")
+        received += len(chunk.data)
+        if received > max_bytes or received > chunk.total_size:
+            raise CodecError(f"stream exceeds its declared size ({chunk.total_size} bytes, limit {max_bytes})")
+        parts.append(chunk.data)
+        digest = chunk.sha256 or digest
+    payload = b"".join(parts)
+    if not digest or hashlib.sha256(payload).hexdigest() != digest:
+        raise CodecError("stream sha256 missing or does not match its payload")
+    return payload
+
+
+def upload_messages(header: pb.UploadHeader, payload: bytes, size: int = CHUNK_BYTES) -> Iterator[pb.UploadChunk]:
+    """Header, data chunks, sha256 trailer."""
+    header.total_bytes = len(payload)
+    yield pb.UploadChunk(header=header)
+    for off in range(0, len(payload), size):
+        yield pb.UploadChunk(data=payload[off : off + size])
+    yield pb.UploadChunk(sha256=hashlib.sha256(payload).hexdigest())
+
+
+def read_upload(stream: Iterable[pb.UploadChunk], max_bytes: int) -> tuple[pb.UploadHeader, bytes]:
+    """Reassemble an upload: exactly one header first, data within the declared size, sha256 last."""
+    it = iter(stream)
+    first = next(it, None)
+    if first is None or first.WhichOneof("part") != "header":
+        raise CodecError("upload must start with a header")
+    header = first.header
+    if header.total_bytes < 0 or header.total_bytes > max_bytes:
+        raise CodecError(f"upload declares {header.total_bytes} bytes; the limit is {max_bytes}")
+    buf = bytearray()
+    digest = None
+    for msg in it:
+        part = msg.WhichOneof("part")
+        if digest is not None:
+            raise CodecError("data after the sha256 trailer")
+        if part == "data":
+            buf += msg.data
+            if len(buf) > header.total_bytes:
+                raise CodecError(f"upload exceeds its declared {header.total_bytes} bytes")
+        elif part == "sha256":
+            digest = msg.sha256
+        else:
+            raise CodecError(f"unexpected {part!r} in the middle of an upload")
+    if digest is None:
+        raise CodecError("upload ended without its sha256 trailer")
+    if len(buf) != header.total_bytes:
+        raise CodecError(f"upload has {len(buf)} bytes, header declared {header.total_bytes}")
+    if hashlib.sha256(buf).hexdigest() != digest:
+        raise CodecError("upload sha256 does not match its payload")
+    return header, bytes(buf)
+
+
+# --- global state --------------------------------------------------------------------------------
+
+
+def encode_aggregate(agg: Any) -> bytes:
+    """A global state (``strategies.base.Aggregate``) -> safetensors bytes (None -> b"")."""
+    if agg is None:
+        return b""
+    out: dict[str, np.ndarray] = {}
+    for name, f in (agg.adapter or {}).items():
+        out[f"{name}|A"] = f.A.detach().cpu().numpy().astype(np.float32)
+        out[f"{name}|B"] = f.B.detach().cpu().numpy().astype(np.float32)
+        out[f"{name}|s"] = np.array([f.scaling], np.float64)
+    for name, d in (agg.dense or {}).items():
+        out[f"{name}|dense"] = d.detach().cpu().numpy().astype(np.float32)
+    return encode_tensors(out)
+
+
+def decode_aggregate(data: bytes) -> Any:
+    """Inverse of ``encode_aggregate``."""
+    import torch
+
+    from ..strategies.base import Aggregate
+    from ..strategies.lora import LoraFactors
+
+    tensors = decode_tensors(data)
+    if not tensors:
+        return None
+    adapter, dense = {}, {}
+    for key in tensors:
+        name, _, part = key.rpartition("|")
+        if part == "A":
+            try:
+                adapter[name] = LoraFactors(
+                    A=torch.from_numpy(tensors[key].copy()),
+                    B=torch.from_numpy(tensors[f"{name}|B"].copy()),
+                    scaling=float(tensors[f"{name}|s"][0]),
+                )
+            except (KeyError, ValueError) as exc:
+                raise CodecError(f"malformed global adapter entry {name!r}: {exc}") from None
+        elif part == "dense":
+            dense[name] = torch.from_numpy(tensors[key].copy())
+        elif part not in ("B", "s"):
+            raise CodecError(f"unknown global tensor {key!r}")
+    return Aggregate(adapter=adapter or None, dense=dense or None)
