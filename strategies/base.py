@@ -22,7 +22,7 @@ Plaintext ``stack`` is the one rule that needs individual factors; it implements
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Protocol, runtime_checkable
+from typing import Any, Mapping, MutableMapping, Protocol, runtime_checkable
 
 import numpy as np
 import torch
@@ -113,20 +113,47 @@ class Rule(Protocol):
     name: str
     phases: int
 
-    def start(self, glob: Aggregate | None, ctx: RoundContext, site: str, alpha: float) -> TrainingPlan:
-        """Client half: how to prepare local training from the current global state."""
+    def start(
+        self,
+        glob: Aggregate | None,
+        ctx: RoundContext,
+        site: str,
+        alpha: float,
+        state: MutableMapping[str, Any] | None = None,
+    ) -> TrainingPlan:
+        """Client half: how to prepare local training from the current global state.
+
+        ``state`` is the site's own persistent mapping (kept by the agent across rounds and
+        between ``start`` and ``vectors``); rules that keep local factors or need the previous
+        global at submission time read and write it. ``None`` means the rule gets no memory.
+        """
         ...
 
     def vectors(
-        self, phase: int, update: LocalUpdate, n: int, ctx: RoundContext, broadcast: Broadcast | None
+        self,
+        phase: int,
+        update: LocalUpdate,
+        n: int,
+        ctx: RoundContext,
+        broadcast: Broadcast | None,
+        state: MutableMapping[str, Any] | None = None,
     ) -> Vectors:
         """Client half: the weighted arrays submitted to the secure sum of ``phase`` (0-based)."""
         ...
 
     def combine(
-        self, phase: int, sums: Mapping[str, np.ndarray], ctx: RoundContext, glob: Aggregate | None
+        self,
+        phase: int,
+        sums: Mapping[str, np.ndarray],
+        ctx: RoundContext,
+        glob: Aggregate | None,
+        broadcast: Broadcast | None = None,
     ) -> Broadcast | Aggregate:
-        """Server half: turn the phase's sums into a broadcast or the next global state."""
+        """Server half: turn the phase's sums into a broadcast or the next global state.
+
+        ``broadcast`` is what the previous phase's ``combine`` returned (multi-phase rules need
+        it; they fall back to the copy the same instance kept if it is ``None``).
+        """
         ...
 
 
@@ -136,8 +163,15 @@ class IndividualRule(Protocol):
 
     name: str
 
-    def start(self, glob: Aggregate | None, ctx: RoundContext, site: str, alpha: float) -> TrainingPlan:
-        """Client half: how to prepare local training."""
+    def start(
+        self,
+        glob: Aggregate | None,
+        ctx: RoundContext,
+        site: str,
+        alpha: float,
+        state: MutableMapping[str, Any] | None = None,
+    ) -> TrainingPlan:
+        """Client half: how to prepare local training (``state`` as in ``Rule.start``)."""
         ...
 
     def vectors(self, update: LocalUpdate, n: int, ctx: RoundContext) -> Vectors:

@@ -1,0 +1,150 @@
+"""FedRot-LoRA: rotate each site's factors toward the previous global before averaging
+(Zhang, Kim, Cha & Vikalo 2026, "FedRot-LoRA: Mitigating Rotational Misalignment in Federated
+LoRA", arXiv:2602.23638).
+
+(B R)(Rᵀ A) = B A for any orthogonal R, so sites can express the same update in different
+latent bases and factor averaging then cancels it. Before submitting, site i (factors already
+√s-folded and zero-padded to the cohort's largest rank r) solves an r×r orthogonal Procrustes
+problem against the broadcast previous global (Ā, B̄):
+
+* odd rounds align A: R = UVᵀ from the SVD of A_i Āᵀ, the minimiser of ‖Rᵀ A_i − Ā‖_F;
+* even rounds align B: R = UVᵀ from the SVD of B_iᵀ B̄, the minimiser of ‖B_i R − B̄‖_F;
+
+then submits A' = Rᵀ A_i and B' = B_i R, so B'A' = B_i A_i exactly. The soft variant (``lam`` < 1)
+uses the orthogonal matrix with det +1 nearest to (1−λ)I + λR. The server averages A' and B'
+like FedIT. Zero-padded ranks are rotated into the full r-dimensional space (still exact).
+The previous global reaches ``vectors`` through the site's ``state`` filled in ``start``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Mapping, MutableMapping
+
+import numpy as np
+import torch
+
+from .base import Aggregate, Broadcast, LocalUpdate, RoundContext, TrainingPlan, Vectors
+from .fedit import averaged, averaging_start, check_phase, factor_vectors, folded, trained_adapter
+from .lora import Adapter
+from .rule_params import RuleParams, check_float, check_int
+
+STATE_KEY = "rotalign/reference"
+"""Where ``start`` leaves the previous global for ``vectors`` in the site's state."""
+
+
+@dataclass(frozen=True)
+class RotAlignParams(RuleParams):
+    """FedRot-LoRA parameters."""
+
+    lam: float = 1.0
+    """Alignment strength λ in [0, 1]: 1 applies the Procrustes rotation, 0 none."""
+    seed: int = 0
+    """Public seed of the shared round-one A."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_float("lam", self.lam, 0.0, 1.0)
+        check_int("seed", self.seed, 0)
+
+
+def procrustes(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """R = UVᵀ from the SVD of x·yᵀ: the orthogonal R maximising tr(Rᵀ x yᵀ)."""
+    u, _, vh = torch.linalg.svd(x @ y.T)
+    out: torch.Tensor = u @ vh
+    return out
+
+
+def softened(r: torch.Tensor, lam: float) -> torch.Tensor:
+    """``r`` itself for λ = 1, else the det +1 orthogonal matrix nearest to (1−λ)I + λr."""
+    if lam == 1.0:
+        return r
+    eye = torch.eye(r.shape[0], dtype=r.dtype)
+    u, _, vh = torch.linalg.svd((1.0 - lam) * eye + lam * r)
+    if float(torch.linalg.det(u @ vh)) < 0:
+        u = u.clone()
+        u[:, -1] = -u[:, -1]  # flip the direction of the smallest singular value
+    out: torch.Tensor = u @ vh
+    return out
+
+
+def rotation(a: torch.Tensor, b: torch.Tensor, ref_a: torch.Tensor, ref_b: torch.Tensor, rnd: int, lam: float) -> torch.Tensor:
+    """The site's r×r rotation for round ``rnd`` (A on odd rounds, B on even)."""
+    r = procrustes(a, ref_a) if rnd % 2 == 1 else procrustes(b.T, ref_b.T)
+    return softened(r, lam)
+
+
+def reference(glob: Adapter, module: str, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The previous global's (Ā, B̄) for ``module`` in scaling-1 units, padded/cut to ``rank``."""
+    f = glob[module]
+    a, b = folded(f, max(rank, f.rank))
+    return a[:rank], b[:, :rank]
+
+
+class RotAlign:
+    """FedRot-LoRA rotation-aligned factor averaging (sums-only)."""
+
+    name = "rotalign"
+    phases = 1
+
+    def __init__(self, params: RotAlignParams | None = None) -> None:
+        """Keep the validated parameters."""
+        self.params = params or RotAlignParams()
+
+    def start(
+        self,
+        glob: Aggregate | None,
+        ctx: RoundContext,
+        site: str,
+        alpha: float,
+        state: MutableMapping[str, Any] | None = None,
+    ) -> TrainingPlan:
+        """As FedIT; also remember the previous global in ``state`` for the alignment."""
+        if state is not None:
+            state[STATE_KEY] = glob.adapter if glob is not None else None
+        return averaging_start(glob, ctx, site, alpha, self.params.rslora, self.params.seed)
+
+    def aligned(self, adapter: Adapter, ctx: RoundContext, glob: Adapter | None) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """Every module's (A', B') = (RᵀA, BR), √s-folded and padded to the cohort's max rank."""
+        rank = ctx.max_rank
+        out: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        for m, f in adapter.items():
+            a, b = folded(f, rank)
+            if glob is not None and self.params.lam > 0:
+                ref_a, ref_b = reference(glob, m, rank)
+                rot = rotation(a, b, ref_a, ref_b, ctx.round, self.params.lam)
+                a, b = rot.T @ a, b @ rot
+            out[m] = (a, b)
+        return out
+
+    def vectors(
+        self,
+        phase: int,
+        update: LocalUpdate,
+        n: int,
+        ctx: RoundContext,
+        broadcast: Broadcast | None,
+        state: MutableMapping[str, Any] | None = None,
+    ) -> Vectors:
+        """n·A' and n·B' after rotating toward the previous global (none in round one)."""
+        check_phase(phase, self.phases, self.name)
+        adapter = trained_adapter(update, ctx)
+        if state is None or STATE_KEY not in state:
+            if ctx.round > 1:
+                raise ValueError("rotalign needs the site state that start() filled with the previous global")
+            glob = None
+        else:
+            glob = state[STATE_KEY]
+        return factor_vectors(self.aligned(adapter, ctx, glob), n)
+
+    def combine(
+        self,
+        phase: int,
+        sums: Mapping[str, np.ndarray],
+        ctx: RoundContext,
+        glob: Aggregate | None,
+        broadcast: Broadcast | None = None,
+    ) -> Aggregate:
+        """Ā = Σ p_i A'_i, B̄ = Σ p_i B'_i."""
+        check_phase(phase, self.phases, self.name)
+        return averaged(sums, ctx, self.name)
