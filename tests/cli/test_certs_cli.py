@@ -47,7 +47,8 @@ def test_round_trip_init_issue_rotate_revoke_list(tmp_path: Path, capsys: pytest
 
     assert main(["certs", "list", "--dir", str(ca)]) == 0
     lines = capsys.readouterr().out.splitlines()
-    rows = {(line.split()[0], line.split()[2]): line.split()[-1] for line in lines[1:] if not line.startswith("warning")}
+    table = [line.split() for line in lines[1:] if not line.startswith("warning")]
+    rows = {(cols[0], cols[2]): cols[-1] for cols in table}
     assert rows == {
         ("coord", hex(_serial(out / "coord.pem"))): "valid",
         ("hospital-a", hex(first)): "revoked",

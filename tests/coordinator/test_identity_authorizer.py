@@ -144,7 +144,9 @@ def _hand_signed(ca_dir: Path, subject: x509.Name) -> bytes:
         ([(NameOID.COMMON_NAME, "a"), (NameOID.ORGANIZATIONAL_UNIT_NAME, "root")], "no valid role OU"),
     ],
 )
-def test_subject_without_valid_identity_is_unauthenticated(ca_dir: Path, attrs: list, message: str) -> None:  # type: ignore[type-arg]
+def test_subject_without_valid_identity_is_unauthenticated(
+    ca_dir: Path, attrs: list[tuple[x509.ObjectIdentifier, str]], message: str
+) -> None:
     pem = _hand_signed(ca_dir, x509.Name([x509.NameAttribute(oid, value) for oid, value in attrs]))
     with pytest.raises(Unauthenticated, match=message):
         Authorizer.from_ca_dir(ca_dir).check({"x509_pem_cert": [pem]}, Role.SITE)
