@@ -1,0 +1,337 @@
+"""Local training of one round: base + merged updates, then LoRA (PEFT) or dense targets.
+
+Theory of operation
+-------------------
+The base model is loaded once from the local folder and kept in memory on the CPU. Every round
+starts from a fresh copy of it (``merged_base``): the plan's ``merge`` adapter (ΔW = s·B·A) and
+``merge_dense`` are added to the base target weights in float64, then the copy moves to the
+training device. ``prepare`` then either unfreezes only the target weights (``plan.dense``) or
+wraps the copy in a PEFT LoRA model on the full target names (``lora_alpha = s·r`` so PEFT's
+α/r is the plan's s), copies ``plan.init`` into ``lora_A``/``lora_B`` and freezes A or B as the
+plan says. ``fit`` runs the loop and reads the result back as a ``LocalUpdate``: the LoRA pairs
+PEFT holds, or W_after − W_before per target.
+
+The loop is built for a differential-privacy wrapper to slot in: the model is on its device
+before ``_prepare(model, optimizer, loader)`` is called (identity here; Opacus's
+``PrivacyEngine.make_private`` belongs there), batches are dicts of tensors, and ``_loss`` is
+the single place the loss is computed. Results are always read from the unwrapped model.
+
+Several GPUs: start one agent process per GPU with ``torchrun --nproc-per-node=G`` or
+``accelerate launch``. ``device="auto"`` then picks ``cuda:$LOCAL_RANK``; a subclass overrides
+``_prepare`` to return ``DistributedDataParallel(model, device_ids=[rank])`` with a loader over a
+``DistributedSampler`` (or ``accelerator.prepare(model, optimizer, loader)``). DDP keeps the
+replicas identical, so every rank reads back the same update; only rank 0 should upload it.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterator, Literal, Protocol, Sequence, runtime_checkable
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from ..strategies.base import LocalUpdate, TrainingPlan
+from ..strategies.lora import Adapter, LoraFactors
+from .basemodel import load_base
+from .device import resolve
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
+
+Task = Literal["causal-lm", "seq-cls"]
+Batch = dict[str, torch.Tensor]
+_PEFT_PREFIX = "base_model.model."
+
+
+class TrainerError(ValueError):
+    """A training plan or target list that does not fit the base model."""
+
+
+class TrainHyper(BaseModel):
+    """Local training hyper-parameters; exactly one of ``local_steps`` / ``epochs`` is set."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    local_steps: int | None = Field(default=None, gt=0)
+    epochs: int | None = Field(default=None, gt=0)
+    batch_size: int = Field(default=8, gt=0)
+    lr: float = Field(default=1e-3, gt=0, allow_inf_nan=False)
+    weight_decay: float = Field(default=0.0, ge=0, allow_inf_nan=False)
+    max_grad_norm: float | None = Field(default=1.0, gt=0, allow_inf_nan=False)
+    optimizer: Literal["adamw", "sgd"] = "adamw"
+    eval_batches: int | None = Field(default=None, gt=0)
+    """Batches used for ``loss_before`` / ``loss_after`` (``None``: the whole local dataset)."""
+
+    @model_validator(mode="after")
+    def _one_length(self) -> TrainHyper:
+        if (self.local_steps is None) == (self.epochs is None):
+            raise ValueError(
+                f"set exactly one of local_steps or epochs, got local_steps={self.local_steps}, epochs={self.epochs}"
+            )
+        return self
+
+
+@dataclass
+class TrainResult:
+    """What one round of local training produced."""
+
+    update: LocalUpdate
+    n_samples: int
+    losses: list[float] = field(default_factory=list)
+    """Training loss of every step."""
+    loss_before: float = math.nan
+    """Mean loss on the local data before training (base + merged updates + initial factors)."""
+    loss_after: float = math.nan
+    """Mean loss on the local data after training."""
+
+
+@runtime_checkable
+class Trainer(Protocol):
+    """Trains the local model for one round as a ``TrainingPlan`` says."""
+
+    def target_names(self) -> dict[str, tuple[int, int]]:
+        """Full names of the target modules -> (d_out, k_in) of their weights."""
+        ...
+
+    def train(self, plan: TrainingPlan, data: Dataset[Batch], hp: TrainHyper, progress: bool = True) -> TrainResult:
+        """Run one round of local training and return the update."""
+        ...
+
+
+class LoraTrainer:
+    """The default ``Trainer``: PEFT LoRA (or dense targets) on a local Hugging Face model."""
+
+    def __init__(
+        self,
+        model_dir: Path,
+        task: Task,
+        target_modules: Sequence[str],
+        device: str = "auto",
+        seed: int | None = None,
+    ) -> None:
+        self.task: Task = task
+        self.placement = resolve(device)
+        """Training device, load dtype and autocast dtype."""
+        base, self.tokenizer = load_base(model_dir, task, device="cpu", dtype=self.placement.dtype)
+        self._base: PreTrainedModel = base
+        self._targets = _match_targets(base, target_modules)
+        self._seed = seed
+        self._rounds = 0
+
+    def target_names(self) -> dict[str, tuple[int, int]]:
+        """Full module names matching the target suffixes -> (d_out, k_in) of their weights."""
+        return dict(self._targets)
+
+    def merged_base(self, plan: TrainingPlan) -> PreTrainedModel:
+        """A fresh copy of the base on the training device with ``plan.merge``/``merge_dense`` added."""
+        model = copy.deepcopy(self._base)
+        deltas: list[tuple[str, torch.Tensor]] = []
+        deltas += [(name, f.delta()) for name, f in (plan.merge or {}).items()]
+        deltas += list((plan.merge_dense or {}).items())
+        modules = dict(model.named_modules())
+        with torch.no_grad():
+            for name, delta in deltas:
+                weight = getattr(modules.get(name), "weight", None)
+                if not isinstance(weight, torch.Tensor):
+                    raise TrainerError(f"cannot merge into {name!r}: the base model has no such module weight")
+                if tuple(weight.shape) != tuple(delta.shape):
+                    raise TrainerError(
+                        f"cannot merge into {name!r}: update is {tuple(delta.shape)}, weight is {tuple(weight.shape)}"
+                    )
+                weight.copy_((weight.to(torch.float64) + delta.to(torch.float64)).to(weight.dtype))
+        return model.to(self.placement.device)
+
+    def prepare(self, plan: TrainingPlan) -> torch.nn.Module:
+        """The model as training starts: merged base with trainable LoRA factors or dense targets."""
+        if not plan.dense and not (plan.train_a or plan.train_b):
+            raise TrainerError("the plan freezes both lora_A and lora_B: nothing to train")
+        model = self.merged_base(plan)
+        model.requires_grad_(False)
+        if plan.dense:
+            modules = dict(model.named_modules())
+            for name in self._targets:
+                weight = modules[name].weight
+                weight.data = weight.data.to(torch.float32)  # trained weights keep float32 masters
+                weight.requires_grad_(True)
+            return model
+        return self._peft(model, plan)
+
+    def _peft(self, model: PreTrainedModel, plan: TrainingPlan) -> torch.nn.Module:
+        from peft import LoraConfig, get_peft_model
+
+        if plan.rank <= 0:
+            raise TrainerError(f"plan.rank must be > 0, got {plan.rank}")
+        config = LoraConfig(
+            r=plan.rank,
+            lora_alpha=plan.scaling * plan.rank,
+            target_modules=sorted(self._targets),
+            lora_dropout=0.0,
+            bias="none",
+        )
+        with torch.random.fork_rng(devices=[]):
+            if self._seed is not None:
+                torch.manual_seed(self._seed + self._rounds)
+            peft_model = get_peft_model(model, config)  # no task_type: a generic PeftModel
+        layers = {name: peft_model.get_submodule(_PEFT_PREFIX + name) for name in self._targets}
+        if plan.init is not None:
+            _copy_init(layers, plan.init, plan.scaling)
+        for layer in layers.values():
+            layer.lora_A["default"].weight.requires_grad_(plan.train_a)
+            layer.lora_B["default"].weight.requires_grad_(plan.train_b)
+        return peft_model.to(self.placement.device)
+
+    def train(self, plan: TrainingPlan, data: Dataset[Batch], hp: TrainHyper, progress: bool = True) -> TrainResult:
+        """Prepare the model as ``plan`` says, train it on ``data`` and return the update."""
+        return self.fit(self.prepare(plan), plan, data, hp, progress)
+
+    def fit(
+        self, model: torch.nn.Module, plan: TrainingPlan, data: Dataset[Batch], hp: TrainHyper, progress: bool = True
+    ) -> TrainResult:
+        """Train a model from ``prepare(plan)`` and read its update back."""
+        n = len(data)  # type: ignore[arg-type]
+        if n == 0:
+            raise TrainerError("the local dataset is empty")
+        self._rounds += 1
+        before = self._dense_snapshot(model) if plan.dense else {}
+        loss_before = self.evaluate(model, data, hp)
+        params = [p for p in model.parameters() if p.requires_grad]
+        optimizer = _optimizer(params, hp)
+        loader = self._loader(data, hp.batch_size, shuffle=True)
+        wrapped, optimizer, loader = self._prepare(model, optimizer, loader)
+        steps = hp.local_steps if hp.local_steps is not None else (hp.epochs or 1) * len(loader)
+        losses = self._loop(wrapped, optimizer, loader, params, hp, steps, progress)
+        loss_after = self.evaluate(model, data, hp)
+        if plan.dense:
+            after = self._dense_snapshot(model)
+            update = LocalUpdate(dense={name: after[name] - before[name] for name in self._targets})
+        else:
+            update = LocalUpdate(adapter=self._read_factors(model, plan.scaling))
+        return TrainResult(update, n, losses, loss_before, loss_after)
+
+    def _loop(
+        self,
+        model: torch.nn.Module,
+        optimizer: torch.optim.Optimizer,
+        loader: DataLoader[Batch],
+        params: list[torch.nn.Parameter],
+        hp: TrainHyper,
+        steps: int,
+        progress: bool,
+    ) -> list[float]:
+        losses: list[float] = []
+        model.train()
+        batches = _cycle(loader)
+        with tqdm(total=steps, disable=not progress, desc="local training", unit="step") as bar:
+            for _ in range(steps):
+                batch = self._to_device(next(batches))
+                with self.placement.autocast_context():
+                    loss = self._loss(model, batch)
+                loss.backward()
+                if hp.max_grad_norm is not None:
+                    torch.nn.utils.clip_grad_norm_(params, hp.max_grad_norm)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                losses.append(float(loss.detach()))
+                bar.set_postfix(loss=f"{losses[-1]:.4f}")
+                bar.update(1)
+        return losses
+
+    def _prepare(
+        self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, loader: DataLoader[Batch]
+    ) -> tuple[torch.nn.Module, torch.optim.Optimizer, DataLoader[Batch]]:
+        """Hook for wrappers (DP-SGD, DDP, accelerate); the model is already on its device."""
+        return model, optimizer, loader
+
+    def _loss(self, model: torch.nn.Module, batch: Batch) -> torch.Tensor:
+        """Mean loss of one batch (the model computes it from ``batch["labels"]``)."""
+        loss: torch.Tensor = model(**batch).loss
+        return loss
+
+    def evaluate(self, model: torch.nn.Module, data: Dataset[Batch], hp: TrainHyper) -> float:
+        """Sample-weighted mean loss of ``model`` on ``data`` (at most ``hp.eval_batches`` batches)."""
+        was_training = model.training
+        model.eval()
+        total, count = 0.0, 0
+        with torch.no_grad():
+            for batch in itertools.islice(self._loader(data, hp.batch_size, shuffle=False), hp.eval_batches):
+                size = int(batch["input_ids"].shape[0])
+                with self.placement.autocast_context():
+                    total += float(self._loss(model, self._to_device(batch))) * size
+                count += size
+        model.train(was_training)
+        return total / count
+
+    def _loader(self, data: Dataset[Batch], batch_size: int, shuffle: bool) -> DataLoader[Batch]:
+        generator = None
+        if shuffle and self._seed is not None:
+            generator = torch.Generator().manual_seed(self._seed * 1_000_003 + self._rounds)
+        collate: Any = getattr(data, "collate", None)
+        return DataLoader(data, batch_size=batch_size, shuffle=shuffle, collate_fn=collate, generator=generator)
+
+    def _to_device(self, batch: Batch) -> Batch:
+        return {k: v.to(self.placement.device, non_blocking=True) for k, v in batch.items()}
+
+    def _dense_snapshot(self, model: torch.nn.Module) -> dict[str, torch.Tensor]:
+        modules = dict(model.named_modules())
+        return {name: modules[name].weight.detach().to(torch.float32).cpu().clone() for name in self._targets}
+
+    def _read_factors(self, model: torch.nn.Module, scaling: float) -> Adapter:
+        adapter: Adapter = {}
+        for name in self._targets:
+            layer = model.get_submodule(_PEFT_PREFIX + name)
+            a = layer.lora_A["default"].weight.detach().to(torch.float32).cpu().clone()
+            b = layer.lora_B["default"].weight.detach().to(torch.float32).cpu().clone()
+            adapter[name] = LoraFactors(A=a, B=b, scaling=scaling)
+        return adapter
+
+
+def _match_targets(model: torch.nn.Module, suffixes: Sequence[str]) -> dict[str, tuple[int, int]]:
+    if isinstance(suffixes, str) or not suffixes:
+        raise TrainerError(f"target_modules must be a non-empty list of module-name suffixes, got {suffixes!r}")
+    found: dict[str, tuple[int, int]] = {}
+    for suffix in suffixes:
+        hits = [(n, m) for n, m in model.named_modules() if n == suffix or n.endswith("." + suffix)]
+        if not hits:
+            raise TrainerError(f"target module {suffix!r} matches no module of the base model")
+        for name, module in hits:
+            if not isinstance(module, torch.nn.Linear):
+                raise TrainerError(f"target {name!r} is a {type(module).__name__}; only Linear layers are supported")
+            found[name] = (module.out_features, module.in_features)
+    return found
+
+
+def _copy_init(layers: dict[str, torch.nn.Module], init: Adapter, scaling: float) -> None:
+    missing, extra = sorted(set(layers) - set(init)), sorted(set(init) - set(layers))
+    if missing or extra:
+        raise TrainerError(f"plan.init does not cover the targets: missing {missing}, unknown {extra}")
+    with torch.no_grad():
+        for name, f in init.items():
+            if not math.isclose(f.scaling, scaling, rel_tol=1e-6):
+                raise TrainerError(f"plan.init[{name!r}] has scaling {f.scaling}, the plan trains with {scaling}")
+            a, b = layers[name].lora_A["default"].weight, layers[name].lora_B["default"].weight
+            for label, dst, src in (("A", a, f.A), ("B", b, f.B)):
+                if tuple(dst.shape) != tuple(src.shape):
+                    raise TrainerError(
+                        f"plan.init[{name!r}].{label} is {tuple(src.shape)}, PEFT's lora_{label} is {tuple(dst.shape)}"
+                    )
+                dst.copy_(src.to(dst.dtype))
+
+
+def _optimizer(params: list[torch.nn.Parameter], hp: TrainHyper) -> torch.optim.Optimizer:
+    if not params:
+        raise TrainerError("no trainable parameters")
+    if hp.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=hp.lr, weight_decay=hp.weight_decay)
+    return torch.optim.AdamW(params, lr=hp.lr, weight_decay=hp.weight_decay)
+
+
+def _cycle(loader: DataLoader[Batch]) -> Iterator[Batch]:
+    while True:
+        yield from loader
