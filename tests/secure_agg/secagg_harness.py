@@ -1,0 +1,121 @@
+"""In-memory harness for secure_agg tests: an in-test CA, site identities, and a round driver."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519
+from cryptography.x509.oid import NameOID
+
+from fedquilt.secure_agg import (
+    AggregateResult, ClientSession, SecAggParams, ServerSession, SiteId, Stage, VectorLayout,
+)
+from fedquilt.secure_agg.signing import SigningKey
+
+NOW = dt.datetime(2026, 1, 15, tzinfo=dt.timezone.utc)
+
+
+def clock() -> dt.datetime:
+    """Fixed test clock inside every certificate's validity."""
+    return NOW
+
+
+def _name(cn: str) -> x509.Name:
+    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+
+
+def _pem(cert: x509.Certificate) -> bytes:
+    return cert.public_bytes(serialization.Encoding.PEM)
+
+
+@dataclass
+class Authority:
+    """A federation CA that issues site certificates (EC P-256 by default)."""
+
+    name: str = "fedquilt test CA"
+    key: ec.EllipticCurvePrivateKey = field(default_factory=lambda: ec.generate_private_key(ec.SECP256R1()))
+
+    def __post_init__(self) -> None:
+        self.cert = (
+            x509.CertificateBuilder().subject_name(_name(self.name)).issuer_name(_name(self.name))
+            .public_key(self.key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(NOW - dt.timedelta(days=30)).not_valid_after(NOW + dt.timedelta(days=365))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+            .sign(self.key, hashes.SHA256())
+        )
+        self.pem = _pem(self.cert)
+
+    def issue(self, cn: str, *, key: SigningKey | None = None, days: tuple[int, int] = (-1, 90)) -> tuple[SigningKey, bytes]:
+        """A site key and its certificate PEM with subject CN ``cn``."""
+        key = key or ec.generate_private_key(ec.SECP256R1())
+        cert = (
+            x509.CertificateBuilder().subject_name(_name(cn)).issuer_name(self.cert.subject)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(NOW + dt.timedelta(days=days[0])).not_valid_after(NOW + dt.timedelta(days=days[1]))
+            .sign(self.key, hashes.SHA256())
+        )
+        return key, _pem(cert)
+
+
+def site_names(n: int) -> list[SiteId]:
+    """``site-00``, ``site-01``, ..."""
+    return [SiteId(f"site-{i:02d}") for i in range(n)]
+
+
+@dataclass
+class Federation:
+    """A CA and one identity per site; builds client and server sessions."""
+
+    ca: Authority
+    identities: dict[SiteId, tuple[SigningKey, bytes]]
+
+    @classmethod
+    def create(cls, n: int, ca: Authority | None = None, ed25519_sites: int = 0) -> Federation:
+        """``n`` sites; the first ``ed25519_sites`` use Ed25519 identity keys."""
+        ca = ca or Authority()
+        ids = {}
+        for i, site in enumerate(site_names(n)):
+            ids[site] = ca.issue(site, key=ed25519.Ed25519PrivateKey.generate() if i < ed25519_sites else None)
+        return cls(ca, ids)
+
+    def client(self, site: SiteId, vectors: Mapping[str, np.ndarray] | None = None, **kw: object) -> ClientSession:
+        """A client session for ``site`` trusting this federation's CA."""
+        key, cert = self.identities[site]
+        return ClientSession(site, key, cert, self.ca.pem, vectors=vectors, clock=clock, **kw)  # type: ignore[arg-type]
+
+    def server(self, params: SecAggParams, layout: VectorLayout, sites: Sequence[SiteId] | None = None,
+               **kw: object) -> ServerSession:
+        """A server session over ``sites`` (default: all)."""
+        return ServerSession(list(sites or self.identities), params, layout, ca_cert_pem=self.ca.pem, clock=clock,
+                             **kw)  # type: ignore[arg-type]
+
+
+def run_round(server: ServerSession, clients: Mapping[SiteId, ClientSession],
+              silent_from: Mapping[SiteId, Stage] | None = None) -> AggregateResult:
+    """Drive a whole round in memory; ``silent_from[site]`` is the first stage the site does not answer."""
+    silent = silent_from or {}
+
+    def alive(site: SiteId, stage: Stage) -> bool:
+        return site not in silent or silent[site] > stage
+
+    announce = server.start()
+    for site in announce.cohort:
+        if alive(site, Stage.ADVERTISE_KEYS):
+            server.receive(site, clients[site].handle(announce))
+    relay = server.relay_advertisements()
+    for ad in relay.advertisements:
+        if alive(ad.site, Stage.SHARE_KEYS):
+            server.receive(ad.site, clients[ad.site].handle(relay))
+    for site, routed in server.route_shares().items():
+        if alive(site, Stage.MASKED_INPUT):
+            server.receive(site, clients[site].handle(routed))
+    request = server.request_unmask()
+    for site in request.survivors:
+        if alive(site, Stage.UNMASK):
+            server.receive(site, clients[site].handle(request))
+    return server.finish()
