@@ -1,0 +1,214 @@
+"""The agent's life: enrol, wait for a step, do it, repeat — until the federation shuts down.
+
+Theory of operation
+-------------------
+The coordinator never dials out; the agent long-polls ``WaitForTask`` and handles one
+``Task`` at a time. ``TRAIN`` downloads the global state, lets the rule's client half plan the
+local training, trains, and reports metrics; the trained update stays in memory for the
+round's phases. ``UPLOAD_PLAIN`` sends a phase's vectors in plaintext; the ``SECAGG_*`` steps run
+the secure sum through ``SecureSumClient``. Connection loss is retried with backoff by the
+transport; after a reconnect the agent says Hello again (the coordinator may have restarted) and
+keeps its step counter, which only grows on the coordinator's side.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import grpc
+import torch
+
+from ..proto import codec
+from ..proto import federation_pb2 as pb
+from ..proto import tensors_pb2 as tpb
+from ..strategies.base import Broadcast, IndividualRule, LocalUpdate, RoundContext, Rule
+from ..strategies.registry import make_rule
+from .trainer import TrainHyper, TrainResult, Trainer
+
+log = logging.getLogger("fedquilt.agent")
+
+
+@dataclass
+class RoundWork:
+    """What the agent keeps between the steps of one round."""
+
+    spec: codec.RoundSpec
+    rule: Rule | IndividualRule
+    ctx: RoundContext
+    update: LocalUpdate
+    n: int
+    secure: Any = None
+    broadcasts: dict[int, Broadcast] = field(default_factory=dict)
+
+
+class AgentLoop:
+    """Serves rounds for one site until SHUTDOWN (or ``max_steps`` for tests)."""
+
+    def __init__(self, transport: Any, trainer: Trainer, data: Any, hello: pb.HelloRequest, alpha: float,
+                 state_dir: Path, eval_data: Any = None, privacy: Any = None,
+                 secure_sum: Callable[..., Any] | None = None, progress: bool = True) -> None:
+        self.transport, self.trainer, self.data, self.eval_data = transport, trainer, data, eval_data
+        self.hello_req, self.alpha, self.privacy, self.progress = hello, alpha, privacy, progress
+        self.secure_sum = secure_sum
+        self.state_dir = state_dir
+        state_dir.mkdir(parents=True, exist_ok=True)
+        self.rule_state: dict[str, Any] = self._load_rule_state()
+        self.site = ""
+        self.after_step = 0
+        self.work: RoundWork | None = None
+        self.rounds_trained = 0
+        self._global_cache: tuple[str | None, Any] = ("", None)
+        transport.on_reconnect = self._reconnected
+
+    # ---- lifecycle ----------------------------------------------------------------------------
+
+    def enrol(self) -> None:
+        """Say Hello; learn our site id from the coordinator (it reads our certificate)."""
+        reply = self.transport.hello(self.hello_req)
+        self.site = reply.site_id
+        log.info("enrolled as %s in federation %s (rule %s)", reply.site_id, reply.federation, reply.rule)
+
+    def _reconnected(self) -> None:
+        log.info("coordinator reachable again; re-enrolling")
+        reply = self.transport.stub.Hello(self.hello_req, timeout=30)
+        self.site = reply.site_id
+
+    def run(self, max_steps: int | None = None) -> int:
+        """Serve steps until the federation shuts down; returns an exit code."""
+        self.enrol()
+        handled = 0
+        while max_steps is None or handled < max_steps:
+            try:
+                task = self.transport.wait(self.after_step)
+            except grpc.RpcError as exc:
+                if exc.code() is grpc.StatusCode.FAILED_PRECONDITION:  # type: ignore[attr-defined]
+                    log.warning("coordinator does not know us (%s); enrolling again", exc.details())  # type: ignore[attr-defined]
+                    self.enrol()
+                    continue
+                raise
+            if task.kind == pb.IDLE:
+                continue
+            self.after_step = max(self.after_step, task.step)
+            handled += 1
+            if task.kind == pb.SHUTDOWN:
+                log.info("federation finished: %s", task.message)
+                return 0
+            self._handle(task)
+        return 0
+
+    def _handle(self, task: pb.Task) -> None:
+        kind = pb.StepKind.Name(task.kind)
+        try:
+            if task.kind == pb.TRAIN:
+                self._train(task)
+            elif task.kind == pb.UPLOAD_PLAIN:
+                self._upload_plain(task)
+            elif kind.startswith("SECAGG_"):
+                self._secagg(task)
+            elif task.kind == pb.ROUND_DONE:
+                log.info("round %s closed: %s", task.round_id, task.message)
+                self.work = None
+        except grpc.RpcError as exc:
+            # The coordinator refused this step (stale, duplicate, …): the round goes on without us.
+            log.warning("%s for %s refused: %s %s", kind, task.round_id, exc.code().name, exc.details())  # type: ignore[attr-defined]
+        except Exception:
+            log.exception("%s for round %s failed; this site drops out of the round", kind, task.round_id)
+            self.work = None
+
+    # ---- steps --------------------------------------------------------------------------------
+
+    def _global(self, version: str | None) -> Any:
+        if self._global_cache[0] != version:
+            self._global_cache = (version, codec.decode_aggregate(self.transport.download(pb.DownloadRequest.GLOBAL)))
+        return self._global_cache[1]
+
+    def _train(self, task: pb.Task) -> None:
+        spec = codec.decode_spec(task.spec_json)
+        rule = make_rule(spec.rule, spec.params)
+        ctx = RoundContext(round=spec.round, shapes=spec.shapes, ranks=spec.ranks, session=bytes.fromhex(spec.nonce),
+                           params=spec.params)
+        glob = self._global(spec.global_version)
+        plan = rule.start(glob, ctx, self.site, self.alpha, state=self.rule_state)
+        hp = TrainHyper.model_validate(spec.train)
+        log.info("round %d: training (rule %s, rank %d)", spec.round, spec.rule, plan.rank)
+        session = self.privacy.begin(hp, len(self.data)) if self.privacy is not None else None
+        result: TrainResult = self.trainer.train(plan, self.data, hp, progress=self.progress, privacy=session) \
+            if session is not None else self.trainer.train(plan, self.data, hp, progress=self.progress)
+        metrics: dict[str, Any] = {"n": result.n_samples, "loss_before": _finite(result.loss_before),
+                                   "loss_after": _finite(result.loss_after), "steps": len(result.losses)}
+        if session is not None:
+            metrics["dp"] = session.report()
+        self.work = RoundWork(spec=spec, rule=rule, ctx=ctx, update=result.update, n=result.n_samples)
+        self.rounds_trained += 1
+        log.info("round %d: loss %.4f -> %.4f", spec.round, result.loss_before, result.loss_after)
+        self.transport.submit(pb.SubmitRequest(round_id=task.round_id, step=task.step, kind=pb.TRAIN,
+                                               metrics_json=json.dumps(metrics)))
+
+    def _vectors(self, work: RoundWork, phase: int, ctx: RoundContext) -> dict[str, Any]:
+        if isinstance(work.rule, IndividualRule):
+            return work.rule.vectors(work.update, work.n, ctx)
+        broadcast = None
+        if phase > 0:
+            if phase not in work.broadcasts:
+                data = self.transport.download(pb.DownloadRequest.BROADCAST, work.spec.round_id, phase)
+                work.broadcasts[phase] = Broadcast(tensors=codec.decode_tensors(data))
+            broadcast = work.broadcasts[phase]
+        vectors = work.rule.vectors(phase, work.update, work.n, ctx, broadcast, state=self.rule_state)
+        if phase == work.rule.phases - 1:
+            self._save_rule_state()
+        return vectors
+
+    def _current(self, task: pb.Task) -> RoundWork:
+        if self.work is None or self.work.spec.round_id != task.round_id:
+            raise RuntimeError(f"asked for {pb.StepKind.Name(task.kind)} of round {task.round_id} but this site "
+                               "holds no trained update for it (it may have restarted)")
+        return self.work
+
+    def _upload_plain(self, task: pb.Task) -> None:
+        work = self._current(task)
+        vectors = self._vectors(work, task.phase, work.ctx)
+        ack = self.transport.upload_tensors(task.round_id, task.step, task.phase, vectors)
+        log.info("round %d phase %d: uploaded %d tensors (%s)", work.spec.round, task.phase, len(vectors), ack.message)
+
+    def _secagg(self, task: pb.Task) -> None:
+        if self.secure_sum is None:
+            raise RuntimeError("the coordinator runs secure aggregation but this agent has no secure-sum client")
+        work = self._current(task)
+        self.secure_sum(self, work, task)
+
+    # ---- persistent rule state (e.g. Fed-ALoRA's local A) -------------------------------------
+
+    def _rule_state_path(self) -> Path:
+        return self.state_dir / "rule_state.pt"
+
+    def _load_rule_state(self) -> dict[str, Any]:
+        path = self._rule_state_path()
+        return dict(torch.load(path, weights_only=True)) if path.exists() else {}
+
+    def _save_rule_state(self) -> None:
+        if self.rule_state:
+            tmp = self._rule_state_path().with_suffix(".tmp")
+            torch.save(self.rule_state, tmp)
+            tmp.replace(self._rule_state_path())
+
+
+def _finite(x: float) -> float | None:
+    return float(x) if x is not None and math.isfinite(x) else None
+
+
+def hello_request(trainer: Trainer, fingerprint: str, n: int, rank: int, alpha: float, task: str,
+                  version: str) -> pb.HelloRequest:
+    """The Hello this site sends: who it is in numbers, and which base and targets it trains."""
+    shapes = {name: tpb.Shape(dims=list(shape)) for name, shape in trainer.target_names().items()}
+    return pb.HelloRequest(agent_version=version, base_fingerprint=fingerprint, num_samples=n, lora_rank=rank,
+                           lora_alpha=alpha, task=task, target_shapes=shapes)
+
+
+def tensors_summary(vectors: Mapping[str, Any]) -> str:
+    """A short description for logs."""
+    return f"{len(vectors)} tensors, {sum(int(v.size) for v in vectors.values())} values"

@@ -1,0 +1,79 @@
+"""Consumers: pull a published version over mutual TLS and write a folder stock PEFT loads."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from ..coordinator import manifest as manifests
+from ..proto import federation_pb2 as pb
+from ..proto import federation_pb2_grpc as pb_grpc
+
+MAX_FILE_BYTES = 8 * 1024**3
+
+
+class PullError(Exception):
+    """A pulled version failed a check (hash, signature, stream order); nothing was written."""
+
+
+def parse_ref(ref: str) -> tuple[str, str]:
+    """``MODEL[:VERSION]`` -> (model, version or "latest")."""
+    model, _, version = ref.partition(":")
+    if not model:
+        raise ValueError(f"expected MODEL[:VERSION], got {ref!r}")
+    return model, version or "latest"
+
+
+def _receive(stream: Any) -> tuple[str, dict[str, bytes]]:
+    files: dict[str, bytearray] = {}
+    digests: dict[str, str] = {}
+    version = ""
+    for chunk in stream:
+        version = chunk.version or version
+        if "/" in chunk.path or chunk.path.startswith(".") or not chunk.path:
+            raise PullError(f"refusing file name {chunk.path!r}")
+        buf = files.setdefault(chunk.path, bytearray())
+        if chunk.offset != len(buf):
+            raise PullError(f"{chunk.path}: chunk at offset {chunk.offset}, expected {len(buf)}")
+        buf += chunk.data
+        if len(buf) > min(chunk.file_size, MAX_FILE_BYTES):
+            raise PullError(f"{chunk.path}: more bytes than its declared {chunk.file_size}")
+        if chunk.sha256:
+            digests[chunk.path] = chunk.sha256
+    for name, body in files.items():
+        if hashlib.sha256(body).hexdigest() != digests.get(name):
+            raise PullError(f"{name}: stream sha256 missing or wrong")
+    return version, {k: bytes(v) for k, v in files.items()}
+
+
+def pull(chan: grpc.Channel, model: str, ref: str, out_dir: Path, ca_pem: bytes) -> dict[str, Any]:
+    """Download, verify (hashes, signature against the CA), then write ``out_dir`` atomically."""
+    stub = pb_grpc.ModelsStub(chan)
+    version, files = _receive(stub.Pull(pb.PullRequest(model=model, version=ref), timeout=600))
+    if "manifest.json" not in files:
+        raise PullError("the coordinator sent no manifest.json")
+    manifest = json.loads(files.pop("manifest.json"))
+    manifests.verify(manifest, ca_pem)
+    manifests.check_files(manifest, files)
+    if manifest.get("version") != version:
+        raise PullError(f"manifest says version {manifest.get('version')!r}, stream says {version!r}")
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}."))
+    try:
+        for name, body in files.items():
+            (tmp / name).write_bytes(body)
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True))
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        os.replace(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return dict(manifest)

@@ -1,0 +1,108 @@
+"""Write a complete local federation: CA, certificates, coordinator and agent configs.
+
+Used by ``fedquilt demo`` and by the end-to-end tests, so both run exactly what an operator would
+write by hand (see docs/quickstart.md for the same files explained).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import tomli_w
+
+from ..agent.basemodel import fingerprint
+from ..coordinator.pki import Role, init_ca, issue
+from .workspace import Workspace
+
+
+@dataclass(frozen=True)
+class FederationFiles:
+    """Paths of everything ``write_federation`` produced."""
+
+    root: Path
+    ca_dir: Path
+    coordinator_config: Path
+    agent_configs: tuple[Path, ...]
+    admin_cert: Path
+    admin_key: Path
+    state_dir: Path
+    model: str
+
+
+def write_federation(
+    root: Path,
+    ws: Workspace,
+    *,
+    rule: str = "fedit",
+    rule_params: dict[str, Any] | None = None,
+    rounds: int = 2,
+    secagg: bool = True,
+    listen: str = "127.0.0.1:0",
+    train: dict[str, Any] | None = None,
+    ranks: list[int] | None = None,
+    alpha: float = 16.0,
+    dp: dict[str, Any] | None = None,
+    min_sites: int | None = None,
+    timeouts: tuple[float, float] = (300.0, 60.0),
+    model: str = "demo-adapter",
+) -> FederationFiles:
+    """Create the CA, certificates and TOML configs for one coordinator and ``len(ws.sites)`` agents."""
+    ca_dir = root / "ca"
+    init_ca(ca_dir)
+    coord = issue(ca_dir, root / "coordinator", "coordinator", Role.COORDINATOR, hosts=("localhost", "127.0.0.1"))
+    admin = issue(ca_dir, root / "admin", "operator", Role.ADMIN)
+    state_dir = root / "coordinator" / "state"
+    n = len(ws.sites)
+    config = {
+        "state_dir": str(state_dir),
+        "tls": {"ca": str(coord.ca), "cert": str(coord.cert), "key": str(coord.key), "crl": str(ca_dir / "crl.pem")},
+        "server": {"listen": listen, "metrics_listen": "127.0.0.1:0", "long_poll_seconds": 2.0},
+        "federation": {
+            "name": "demo", "model": model, "base_fingerprint": fingerprint(ws.model_dir), "task": ws.task,
+            "rule": rule, "rule_params": rule_params or {}, "rounds": rounds,
+            "min_sites": min_sites if min_sites is not None else max(1, min(2, n)),
+            "train": train or {"local_steps": 12, "batch_size": 8, "lr": 3e-3},
+            "train_timeout": timeouts[0], "stage_timeout": timeouts[1], "wait_for_sites": 30.0, "seed": 0,
+        },
+        "secagg": {"enabled": secagg},
+    }
+    coordinator_config = root / "coordinator" / "coordinator.toml"
+    coordinator_config.write_text(tomli_w.dumps(config))
+    agents = []
+    for i, site in enumerate(ws.sites):
+        paths = issue(ca_dir, root / site.name, site.name, Role.SITE)
+        agent: dict[str, Any] = {
+            "state_dir": str(root / site.name / "state"),
+            "seed": i,
+            "coordinator": {"address": "PORT-NOT-YET-KNOWN", "server_name": "localhost", "max_backoff": 2.0},
+            "tls": {"ca": str(paths.ca), "cert": str(paths.cert), "key": str(paths.key)},
+            "model": {"dir": str(ws.model_dir), "task": ws.task, "rank": (ranks or [4] * n)[i], "alpha": alpha,
+                      "device": "cpu", "max_length": 64,
+                      **({"num_labels": ws.num_labels, "target_modules": ["q_proj", "v_proj", "score"]}
+                         if ws.task == "seq-cls" else {})},
+            "data": {"train": str(site.train), "eval": str(site.eval)},
+        }
+        if dp is not None:
+            agent["dp"] = dp
+        path = root / site.name / "agent.toml"
+        path.write_text(tomli_w.dumps(agent))
+        agents.append(path)
+    return FederationFiles(root, ca_dir, coordinator_config, tuple(agents), admin.cert, admin.key, state_dir, model)
+
+
+def point_agents_at(files: FederationFiles, address: str) -> None:
+    """Fill in the coordinator's address once it is listening (port 0 is chosen by the OS)."""
+    import tomllib
+
+    for path in files.agent_configs:
+        data = tomllib.loads(path.read_text())
+        data["coordinator"]["address"] = address
+        path.write_text(tomli_w.dumps(data))
+
+
+def summary_json(files: FederationFiles) -> str:
+    """Where things are, for the demo's closing lines."""
+    return json.dumps({"root": str(files.root), "store": str(files.state_dir / "store")}, indent=2)

@@ -1,0 +1,77 @@
+"""Plaintext collection of one phase's vectors: a running float64 sum, or individual vectors.
+
+Sums are accumulated as uploads arrive (memory of one vector, not one per site). Individual
+vectors are kept only for rules that need them (plaintext ``stack``), never under SecAgg.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Mapping
+
+import numpy as np
+
+from ..proto.codec import decode_tensors
+from .errors import Duplicate, InvalidRequest
+from .steps import SiteId
+
+
+class PlainCollector:
+    """Collects float32 uploads for one phase from a fixed set of participants."""
+
+    def __init__(self, participants: set[SiteId], keep_individual: bool) -> None:
+        self.participants = set(participants)
+        self.keep_individual = keep_individual
+        self.received: dict[SiteId, str] = {}
+        self.sums: dict[str, np.ndarray] = {}
+        self.individual: dict[SiteId, dict[str, np.ndarray]] = {}
+        self._layout: dict[str, tuple[int, ...]] | None = None
+
+    def add(self, site: SiteId, payload: bytes) -> bool:
+        """Add one site's tensors; returns False for an identical retry (idempotent)."""
+        digest = hashlib.sha256(payload).hexdigest()
+        if site in self.received:
+            if self.received[site] == digest:
+                return False
+            raise Duplicate(f"{site} already uploaded different vectors for this phase")
+        tensors = decode_tensors(payload)
+        self._check(site, tensors)
+        for name, value in tensors.items():
+            acc = self.sums.get(name)
+            if acc is None:
+                self.sums[name] = value.astype(np.float64)
+            else:
+                acc += value
+        if self.keep_individual:
+            self.individual[site] = tensors
+        self.received[site] = digest
+        return True
+
+    def _check(self, site: SiteId, tensors: Mapping[str, np.ndarray]) -> None:
+        if not tensors:
+            raise InvalidRequest(f"{site} uploaded no tensors")
+        layout = {k: tuple(v.shape) for k, v in tensors.items()}
+        for name, value in tensors.items():
+            if value.dtype != np.float32:
+                raise InvalidRequest(f"{name}: expected float32, got {value.dtype}")
+            if not np.isfinite(value).all():
+                bad = int((~np.isfinite(value)).sum())
+                raise InvalidRequest(f"{name}: {bad} NaN/Inf values; update rejected")
+        if self._layout is None:
+            self._layout = layout
+        elif layout != self._layout and not self.keep_individual:
+            diff = sorted(set(layout.items()) ^ set(self._layout.items()))[:3]
+            raise InvalidRequest(f"{site}'s tensors do not match the phase's layout (first differences: {diff})")
+
+    @property
+    def complete(self) -> bool:
+        """Every participant has uploaded."""
+        return self.participants <= set(self.received)
+
+    def contributors(self) -> set[SiteId]:
+        """Sites whose vectors are in the sum."""
+        return set(self.received)
+
+    def result(self) -> dict[str, np.ndarray]:
+        """The phase's sums (float64)."""
+        return self.sums

@@ -1,0 +1,154 @@
+"""The coordinator process: mutual-TLS gRPC server, round driver, model store."""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import threading
+import time
+from concurrent import futures
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from ..proto import federation_pb2 as pb
+from ..proto import federation_pb2_grpc as pb_grpc
+from ..strategies.adapters import load_peft
+from ..strategies.base import Aggregate, IndividualRule
+from ..strategies.lora import dense_of
+from ..strategies.registry import make_rule
+from .config import CoordinatorConfig
+from .identity import Authorizer, RevocationList
+from .orchestrator import Orchestrator, RoundObserver
+from .publish import publish
+from .registry import FileModelStore
+from .servicer import AdminServicer, FederationServicer, ModelsServicer
+
+log = logging.getLogger("fedquilt.coordinator")
+
+
+def load_global(store: FileModelStore, model: str, dense: bool) -> tuple[Aggregate | None, str | None, int]:
+    """The latest published version as the global state (None before the first round)."""
+    versions = store.versions(model)
+    if not versions:
+        return None, None, 0
+    version = store.resolve(model, "latest")
+    manifest = store.manifest(model, version)
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in manifest["files"]:
+            (Path(tmp) / name).write_bytes(store.read(model, version, name))
+        adapter = load_peft(Path(tmp))
+    agg = Aggregate(dense={k: v.to(dtype=adapter[k].A.dtype) for k, v in dense_of(adapter).items()}) if dense \
+        else Aggregate(adapter=adapter)
+    return agg, version, int(manifest["round"])
+
+
+def _check_rule(cfg: CoordinatorConfig, rule: Any) -> None:
+    if isinstance(rule, IndividualRule) and cfg.secagg.enabled:
+        raise ValueError(f"rule {cfg.federation.rule!r} needs each site's own factors and cannot run under secure "
+                         "aggregation; set [secagg] enabled = false to run it in plaintext (the coordinator then sees "
+                         "every site's update)")
+
+
+@dataclass
+class RunningCoordinator:
+    """A started coordinator: its port, orchestrator and a way to stop it."""
+
+    server: grpc.Server
+    port: int
+    orchestrator: Orchestrator
+    store: FileModelStore
+    stop_event: threading.Event
+    threads: list[threading.Thread]
+
+    def stop(self, grace: float = 1.0) -> None:
+        """Stop serving and the driver thread."""
+        self.stop_event.set()
+        self.server.stop(grace).wait()
+        for t in self.threads:
+            t.join(timeout=5)
+
+
+def start(cfg: CoordinatorConfig, observer: RoundObserver | None = None, tick_seconds: float = 0.1) -> RunningCoordinator:
+    """Build everything from the configuration and start serving (non-blocking)."""
+    fed = cfg.federation
+    rule = make_rule(fed.rule, fed.rule_params)
+    _check_rule(cfg, rule)
+    if not cfg.secagg.enabled:
+        log.warning("secure aggregation is DISABLED: the coordinator sees every site's individual update")
+    store = FileModelStore(cfg.state_dir / "store")
+    glob, version, rounds_done = load_global(store, fed.model, dense=fed.rule == "dense")
+    key_pem, cert_pem = cfg.tls.key.read_bytes(), cfg.tls.cert.read_bytes()
+
+    def publisher(round_number: int, agg: Aggregate, facts: dict[str, Any]) -> str:
+        return publish(store, fed.model, round_number, agg, fed.task, key_pem, cert_pem, facts)
+
+    secure_sum_factory = None
+    if cfg.secagg.enabled:
+        from .secure_sum import make_factory
+
+        secure_sum_factory = make_factory(cfg)
+    orch = Orchestrator(rule=rule, fed=fed, secure=cfg.secagg.enabled, publisher=publisher, glob=glob,
+                        rounds_done=rounds_done, global_version=version, secure_sum_factory=secure_sum_factory,
+                        observer=observer, online_window=max(60.0, 3 * cfg.server.long_poll_seconds))
+    ca_pem = cfg.tls.ca.read_bytes()
+    from cryptography import x509
+
+    ca_cert = x509.load_pem_x509_certificate(ca_pem)
+    crl = cfg.tls.crl or cfg.tls.ca.parent / "crl.pem"
+    authz = Authorizer(ca_cert, RevocationList(crl, ca_cert))
+
+    options = [("grpc.max_receive_message_length", cfg.server.max_message_bytes),
+               ("grpc.max_send_message_length", cfg.server.max_message_bytes)]
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=cfg.server.max_workers), options=options)
+    pb_grpc.add_FederationServicer_to_server(
+        FederationServicer(orch, authz, cfg.server.max_upload_bytes, cfg.server.long_poll_seconds), server)
+    pb_grpc.add_ModelsServicer_to_server(ModelsServicer(store, authz), server)
+    pb_grpc.add_AdminServicer_to_server(AdminServicer(orch, authz), server)
+    health_servicer = health.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    names = [d.full_name for d in pb.DESCRIPTOR.services_by_name.values()] + [health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                                                                               reflection.SERVICE_NAME]
+    reflection.enable_server_reflection(names, server)
+    creds = grpc.ssl_server_credentials([(key_pem, cert_pem)], root_certificates=ca_pem, require_client_auth=True)
+    port = server.add_secure_port(cfg.server.listen, creds)
+    if port == 0:
+        raise OSError(f"cannot listen on {cfg.server.listen}")
+    server.start()
+    cfg.state_dir.mkdir(parents=True, exist_ok=True)
+    (cfg.state_dir / "coordinator.port").write_text(str(port))
+    health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
+    stop_event = threading.Event()
+
+    def drive() -> None:
+        while not stop_event.wait(tick_seconds):
+            try:
+                orch.tick()
+            except Exception:  # the driver must survive a bad round; the round is lost, not the service
+                log.exception("round driver error")
+
+    driver = threading.Thread(target=drive, name="round-driver", daemon=True)
+    driver.start()
+    log.info("coordinator listening on port %d (federation %s, rule %s, secure aggregation %s)", port, fed.name,
+             fed.rule, "on" if cfg.secagg.enabled else "OFF", extra={"port": port})
+    return RunningCoordinator(server, port, orch, store, stop_event, [driver])
+
+
+def serve(cfg: CoordinatorConfig, exit_when_done: bool = False) -> int:
+    """Run until interrupted (or, with ``exit_when_done``, until every planned round is published)."""
+    running = start(cfg)
+    try:
+        while True:
+            time.sleep(0.5)
+            if exit_when_done and running.orchestrator.finished():
+                time.sleep(3.0)  # let agents receive SHUTDOWN
+                break
+    except KeyboardInterrupt:
+        pass
+    finally:
+        running.stop()
+    return 0
