@@ -1,0 +1,461 @@
+"""Record-level DP-SGD (Opacus) on a PEFT LoRA model, with a privacy budget that persists.
+
+Theory of operation. Each round, ``make_private`` wraps the trainer's model, optimizer and loader
+with ``opacus.PrivacyEngine``: per-sample gradients (forward/backward hooks, or ghost clipping
+which never materialises them) are clipped to ``max_grad_norm`` and Gaussian noise of std
+``noise_multiplier * max_grad_norm`` is added to their sum. Before any step is taken, the site's
+``PrivacyLedger`` (the accountant history ``(noise_multiplier, sample_rate, steps)`` of every
+round so far, kept as JSON next to the data) is asked what ε the planned round would bring; past
+the budget the round is refused with ``BudgetExhausted``. ``PrivateRun.finish()`` appends the
+steps actually taken and saves the ledger atomically, so the reported (ε, δ) covers every step of
+every round, across restarts.
+
+Known traps, checked here rather than left to luck:
+
+* Move the model to its device **before** wrapping. Opacus and the optimizer hold the parameter
+  objects they were given; a model moved afterwards trains copies, and LoRA weights silently never
+  update. ``make_private`` raises if trainable parameters sit on different devices or if any
+  trainable parameter is missing from the optimizer.
+* Opacus computes no per-sample gradients for PEFT's LoRA-on-embedding layers
+  (``lora_embedding_A/B``); such models are refused with ``UnsupportedConfiguration``.
+* The privacy unit is one record (sequence). The loss must be a mean of per-record losses, not
+  HF's token mean over the whole batch; use ``PrivateRun.loss`` (or ``SequenceLoss``).
+
+Optional site-level noise (``clip_and_noise_update``) clips a whole update and adds each site's
+share of Gaussian noise so the secure sum carries std σ·C; it is weak below a few dozen sites.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import os
+import tempfile
+import warnings
+from collections.abc import Mapping, Sequence
+from enum import StrEnum
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import numpy as np
+import torch
+from opacus import PrivacyEngine  # type: ignore[import-untyped]
+from opacus.accountants import RDPAccountant, create_accountant  # type: ignore[import-untyped]
+from opacus.accountants.utils import get_noise_multiplier  # type: ignore[import-untyped]
+from opacus.validators.errors import UnsupportedError  # type: ignore[import-untyped]
+from pydantic import BaseModel, ConfigDict, model_validator
+from torch import nn
+
+HistoryEntry = tuple[float, float, int]
+"""One accountant entry: (noise_multiplier, sample_rate, steps)."""
+
+
+class PrivacyError(Exception):
+    """Base class of the DP errors raised by the agent."""
+
+
+class BudgetExhausted(PrivacyError):
+    """Training would push the site's ε past its configured budget."""
+
+
+class StepLimitExceeded(PrivacyError):
+    """A run tried to take more DP steps than its budget check cleared."""
+
+
+class UnsupportedConfiguration(PrivacyError):
+    """The model or its placement cannot be trained privately as configured."""
+
+
+class ClipMode(StrEnum):
+    """How per-sample gradients are clipped."""
+
+    HOOKS = "hooks"
+    GHOST = "ghost"
+
+
+class Accountant(StrEnum):
+    """Privacy accountant used to turn the history into ε."""
+
+    RDP = "rdp"
+    PRV = "prv"
+
+
+class DPConfig(BaseModel):
+    """Site DP-SGD settings; exactly one of ``noise_multiplier`` / ``target_epsilon``."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    noise_multiplier: float | None = None
+    target_epsilon: float | None = None
+    delta: float = 1e-5
+    max_grad_norm: float = 1.0
+    planned_rounds: int | None = None
+    max_epsilon: float | None = None
+    mode: ClipMode = ClipMode.HOOKS
+    poisson_sampling: bool = True
+    accountant: Accountant = Accountant.RDP
+
+    @model_validator(mode="after")
+    def _check(self) -> DPConfig:
+        if (self.noise_multiplier is None) == (self.target_epsilon is None):
+            raise ValueError(
+                "exactly one of noise_multiplier and target_epsilon must be set, got "
+                f"noise_multiplier={self.noise_multiplier}, target_epsilon={self.target_epsilon}"
+            )
+        _positive("max_grad_norm", self.max_grad_norm)
+        if self.noise_multiplier is not None and not self.noise_multiplier >= 0:
+            raise ValueError(f"noise_multiplier must be >= 0, got {self.noise_multiplier}")
+        if self.target_epsilon is not None:
+            _positive("target_epsilon", self.target_epsilon)
+            if self.planned_rounds is None:
+                raise ValueError("planned_rounds is required with target_epsilon, got None")
+        if self.planned_rounds is not None and self.planned_rounds < 1:
+            raise ValueError(f"planned_rounds must be >= 1, got {self.planned_rounds}")
+        if self.max_epsilon is not None:
+            _positive("max_epsilon", self.max_epsilon)
+        if not 0 < self.delta < 1:
+            raise ValueError(f"delta must be in (0, 1), got {self.delta}")
+        return self
+
+    @property
+    def budget(self) -> float | None:
+        """The ε this site may never exceed (``max_epsilon``, else ``target_epsilon``)."""
+        return self.max_epsilon if self.max_epsilon is not None else self.target_epsilon
+
+
+def _positive(name: str, value: float) -> None:
+    if not (math.isfinite(value) and value > 0):
+        raise ValueError(f"{name} must be > 0, got {value}")
+
+
+def accountant_epsilon(
+    history: Sequence[HistoryEntry], delta: float, accountant: Accountant = Accountant.RDP
+) -> float:
+    """ε of a history, computed by a fresh Opacus accountant (inf if any step had no noise)."""
+    return _epsilon(tuple((float(s), float(q), int(n)) for s, q, n in history), delta, accountant)
+
+
+@functools.lru_cache(maxsize=256)
+def _epsilon(history: tuple[HistoryEntry, ...], delta: float, accountant: Accountant) -> float:
+    # Cached: the pre-round check and the post-round report usually ask about the same history.
+    if not history:
+        return 0.0
+    if any(sigma == 0 for sigma, _, _ in history):
+        return math.inf
+    acc = create_accountant(mechanism=accountant.value)
+    acc.history = list(history)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Optimal order")
+        return float(acc.get_epsilon(delta=delta))
+
+
+def _merged(history: Sequence[HistoryEntry], extra: Sequence[HistoryEntry]) -> list[HistoryEntry]:
+    """History with ``extra`` appended; consecutive equal (σ, q) entries merged, as Opacus does."""
+    out = list(history)
+    for sigma, q, n in extra:
+        if n <= 0:
+            continue
+        if out and out[-1][0] == sigma and out[-1][1] == q:
+            out[-1] = (sigma, q, out[-1][2] + n)
+        else:
+            out.append((float(sigma), float(q), int(n)))
+    return out
+
+
+class PrivacyLedger:
+    """The site's accountant history, persisted as JSON and reloaded on restart."""
+
+    def __init__(self, path: Path, accountant: Accountant = Accountant.RDP) -> None:
+        """Load the ledger at ``path`` (an absent file is an empty ledger; a bad one raises)."""
+        self.path = Path(path)
+        self.accountant = accountant
+        self.history: list[HistoryEntry] = []
+        self.rounds = 0
+        if self.path.exists():
+            self._load()
+
+    def _load(self) -> None:
+        try:
+            raw = json.loads(self.path.read_text())
+            self.history = [(float(s), float(q), int(n)) for s, q, n in raw["history"]]
+            self.rounds = int(raw["rounds"])
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            # Never fall back to an empty ledger: that would silently reset the budget.
+            raise PrivacyError(f"privacy ledger {self.path} is unreadable: {e}") from e
+
+    def epsilon(self, delta: float) -> float:
+        """ε spent so far over every recorded round."""
+        return accountant_epsilon(self.history, delta, self.accountant)
+
+    def projected_epsilon(
+        self, steps: int, sample_rate: float, noise_multiplier: float, delta: float
+    ) -> float:
+        """ε after a hypothetical further round of ``steps`` steps."""
+        extra = [(noise_multiplier, sample_rate, steps)]
+        return accountant_epsilon(_merged(self.history, extra), delta, self.accountant)
+
+    def would_exceed(
+        self, steps: int, sample_rate: float, noise_multiplier: float, budget: float, delta: float
+    ) -> float | None:
+        """The ε a further round would reach if that is above ``budget``, else ``None``."""
+        eps = self.projected_epsilon(steps, sample_rate, noise_multiplier, delta)
+        return eps if eps > budget else None
+
+    def record(self, entries: Sequence[HistoryEntry]) -> None:
+        """Append one round's accountant entries and save atomically."""
+        for sigma, q, n in entries:
+            if not (sigma >= 0 and 0 < q <= 1 and n >= 0):
+                raise PrivacyError(f"invalid accountant entry {(sigma, q, n)}")
+        self.history = _merged(self.history, entries)
+        self.rounds += 1
+        self._save()
+
+    def _save(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        body = json.dumps({"format": 1, "rounds": self.rounds, "history": self.history})
+        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.")
+        try:
+            with os.fdopen(fd, "w") as f:
+                f.write(body)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self.path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+
+class SequenceLoss(nn.Module):
+    """Mean over records of each record's loss: token-mean CE for (B, T, V) logits, CE for (B, C).
+
+    Causal-LM logits are shifted against ``labels`` (HF convention, -100 ignored). ``reduction``
+    follows ``nn.CrossEntropyLoss`` so Opacus's ghost clipping can ask for per-record losses.
+    """
+
+    def __init__(self, reduction: str = "mean") -> None:
+        """Create the loss with ``reduction`` in {"mean", "sum", "none"}."""
+        super().__init__()
+        self.reduction = reduction
+
+    def forward(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Per-record losses reduced as ``self.reduction`` says."""
+        if logits.dim() == 3:
+            lg, lb = logits[:, :-1, :].float(), labels[:, 1:]
+            tok = nn.functional.cross_entropy(
+                lg.reshape(-1, lg.shape[-1]), lb.reshape(-1), ignore_index=-100, reduction="none"
+            ).view(lb.shape)
+            per = tok.sum(dim=1) / (lb != -100).sum(dim=1).clamp(min=1)
+        elif logits.dim() == 2:
+            per = nn.functional.cross_entropy(logits.float(), labels, reduction="none")
+        else:
+            raise ValueError(f"logits must be (B, T, V) or (B, C), got shape {tuple(logits.shape)}")
+        if self.reduction == "none":
+            return per
+        if self.reduction == "sum":
+            return per.sum()
+        return per.sum() / max(per.shape[0], 1)
+
+
+def check_model(model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+    """Refuse models Opacus cannot train privately, or that would silently not train."""
+    trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    if not trainable:
+        raise UnsupportedConfiguration("model has no trainable parameters to train privately")
+    embedding_lora = [n for n, _ in trainable if "lora_embedding_" in n]
+    if embedding_lora:
+        raise UnsupportedConfiguration(
+            f"LoRA on embedding layers is not supported under DP (Opacus computes no per-sample "
+            f"gradients for it): {embedding_lora[0]}; drop embedding modules from target_modules"
+        )
+    first_name, first = trainable[0]
+    for name, p in trainable:
+        if p.device != first.device:
+            raise UnsupportedConfiguration(
+                f"trainable parameter {name} is on {p.device} but {first_name} is on "
+                f"{first.device}: move the whole model to its device before make_private"
+            )
+    in_optimizer = {id(p) for g in optimizer.param_groups for p in g["params"]}
+    missing = [n for n, p in trainable if id(p) not in in_optimizer]
+    if missing:
+        raise UnsupportedConfiguration(
+            f"trainable parameter {missing[0]} is not in the optimizer (was the model moved or "
+            f"re-wrapped after the optimizer was built?); {len(missing)} missing in all"
+        )
+
+
+def noise_for(cfg: DPConfig, sample_rate: float, steps: int) -> float:
+    """The noise multiplier: as configured, or calibrated so the whole plan reaches target ε."""
+    if cfg.noise_multiplier is not None:
+        return cfg.noise_multiplier
+    if cfg.target_epsilon is None or cfg.planned_rounds is None:
+        raise ValueError("target_epsilon and planned_rounds are required to calibrate noise")
+    return _calibrated(cfg.target_epsilon, cfg.delta, sample_rate, cfg.planned_rounds * steps,
+                       cfg.accountant)  # fmt: skip
+
+
+@functools.lru_cache(maxsize=64)
+def _calibrated(epsilon: float, delta: float, q: float, steps: int, acc: Accountant) -> float:
+    # Deterministic binary search; cached because every round of a plan asks the same question.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Optimal order")
+        sigma = get_noise_multiplier(
+            target_epsilon=epsilon, target_delta=delta, sample_rate=q, steps=steps,
+            accountant=acc.value,
+        )  # fmt: skip
+    return float(sigma)
+
+
+class PrivateRun:
+    """One round of DP-SGD: the wrapped training objects, the loss to use, and ``finish()``."""
+
+    def __init__(
+        self, engine: Any, hooks: Any, model: nn.Module, optimizer: Any, loader: Any,
+        criterion: Any, cfg: DPConfig, ledger: PrivacyLedger, steps: int, noise: float,
+    ) -> None:  # fmt: skip
+        """Built by ``make_private``; not meant to be constructed directly."""
+        self.engine, self._hooks, self.model = engine, hooks, model
+        self.optimizer, self.loader, self.criterion = optimizer, loader, criterion
+        self.cfg, self.ledger, self.planned_steps = cfg, ledger, steps
+        self.noise_multiplier = noise
+        self.sample_rate = 1.0 / len(loader)
+        self._result: tuple[float, float] | None = None
+        count_step = optimizer.step_hook
+
+        def guarded_step_hook(opt: Any) -> None:
+            # Runs after noising, before the update: refusing here means nothing is applied.
+            if self.steps_taken >= self.planned_steps:
+                raise StepLimitExceeded(
+                    f"the budget check cleared {self.planned_steps} DP steps for this round; "
+                    f"step {self.planned_steps + 1} refused"
+                )
+            count_step(opt)
+
+        optimizer.step_hook = guarded_step_hook
+
+    def prepared(self) -> tuple[nn.Module, Any, Any]:
+        """(model, optimizer, loader) to train with, e.g. as the trainer's ``_prepare`` result."""
+        return self.model, self.optimizer, self.loader
+
+    def loss(self, outputs: Any, batch: Mapping[str, Any]) -> Any:
+        """The loss to call ``.backward()`` on, from model outputs (or logits) and the batch."""
+        logits = outputs if isinstance(outputs, torch.Tensor) else outputs.logits
+        if "labels" not in batch:
+            raise KeyError(f"batch has no 'labels' (keys: {sorted(batch)})")
+        return self.criterion(logits, batch["labels"])
+
+    @property
+    def steps_taken(self) -> int:
+        """DP optimizer steps taken in this round so far."""
+        return sum(int(n) for _, _, n in self.engine.accountant.history)
+
+    def epsilon(self) -> float:
+        """ε over every recorded round plus this round's steps so far."""
+        extra = [(float(s), float(q), int(n)) for s, q, n in self.engine.accountant.history]
+        history = _merged(self.ledger.history, extra)
+        return accountant_epsilon(history, self.cfg.delta, self.ledger.accountant)
+
+    def finish(self) -> tuple[float, float]:
+        """Record the steps taken, save the ledger, detach Opacus; (ε, δ) over all rounds."""
+        if self._result is None:
+            self.ledger.record([(float(s), float(q), int(n)) for s, q, n in self.engine.accountant.history])
+            self._hooks.cleanup()
+            self._result = (self.ledger.epsilon(self.cfg.delta), self.cfg.delta)
+        return self._result
+
+    def __enter__(self) -> PrivateRun:
+        """Use as ``with make_private(...) as run:``; ``finish()`` runs on exit, even on error."""
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:  # fmt: skip
+        """Record whatever steps were taken (noise already spent counts)."""
+        self.finish()
+
+
+def make_private(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    loader: torch.utils.data.DataLoader[Any],
+    cfg: DPConfig,
+    ledger: PrivacyLedger,
+    steps: int,
+    *,
+    noise_generator: torch.Generator | None = None,
+) -> PrivateRun:
+    """Wrap a PEFT model (already on its device) for one DP round of at most ``steps`` steps.
+
+    Raises ``BudgetExhausted`` before anything is wrapped if the round could push ε past the
+    budget, ``UnsupportedConfiguration`` for embedding LoRA, mixed devices or parameters missing
+    from the optimizer. The model object stays the one passed in (hooks are attached to it and
+    removed by ``finish()``), so saving it with PEFT works as usual.
+    """
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+    check_model(model, optimizer)
+    sample_rate = 1.0 / len(loader)
+    noise = noise_for(cfg, sample_rate, steps)
+    budget = cfg.budget
+    if budget is not None:
+        eps = ledger.would_exceed(steps, sample_rate, noise, budget, cfg.delta)
+        if eps is not None:
+            raise BudgetExhausted(
+                f"site privacy budget spent: ε would reach {eps:.2f} after round "
+                f"{ledger.rounds + 1} (budget {budget}, δ={cfg.delta}); refusing to train"
+            )
+    engine = PrivacyEngine(accountant=cfg.accountant.value)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Secure RNG turned off")
+            wrapped = engine.make_private(
+                module=model, optimizer=optimizer, criterion=SequenceLoss(), data_loader=loader,
+                noise_multiplier=noise, max_grad_norm=cfg.max_grad_norm,
+                poisson_sampling=cfg.poisson_sampling, grad_sample_mode=cfg.mode.value,
+                noise_generator=noise_generator, wrap_model=False,
+            )  # fmt: skip
+    except (UnsupportedError, NotImplementedError) as e:
+        raise UnsupportedConfiguration(f"Opacus cannot train this model privately: {e}") from e
+    if cfg.mode is ClipMode.GHOST:
+        hooks, dp_optimizer, criterion, dp_loader = wrapped
+    else:
+        (hooks, dp_optimizer, dp_loader), criterion = wrapped, SequenceLoss()
+    return PrivateRun(
+        engine, hooks, model, dp_optimizer, dp_loader, criterion, cfg, ledger, steps, noise
+    )
+
+
+def clip_and_noise_update(
+    vectors: dict[str, np.ndarray], clip: float, sigma: float, n_sites: int,
+    rng: np.random.Generator,
+) -> tuple[dict[str, np.ndarray], bool]:  # fmt: skip
+    """Clip the whole update to L2 norm ``clip``; add this site's N(0, (σ·clip)²/n_sites) share.
+
+    Summed over ``n_sites`` sites (SecAgg) the noise has std σ·clip. Weak below a few dozen
+    sites (the signal of n clipped updates against σ·clip noise), and every dropped site takes
+    its share of the noise with it. Returns the noised vectors and whether clipping happened.
+    """
+    _positive("clip", clip)
+    if not (math.isfinite(sigma) and sigma >= 0):
+        raise ValueError(f"sigma must be >= 0, got {sigma}")
+    if n_sites < 1:
+        raise ValueError(f"n_sites must be >= 1, got {n_sites}")
+    norm = math.sqrt(sum(float(np.sum(np.square(v, dtype=np.float64))) for v in vectors.values()))
+    scale = min(1.0, clip / norm) if norm > 0 else 1.0
+    std = sigma * clip / math.sqrt(n_sites)
+    out = {
+        k: (v.astype(np.float64) * scale + rng.normal(0.0, std, size=v.shape)).astype(v.dtype)
+        for k, v in vectors.items()
+    }
+    return out, scale < 1.0
+
+
+def site_level_epsilon(sigma: float, rounds: int, sample_rate: float, delta: float) -> float:
+    """ε of site-level DP after ``rounds`` rounds with cohort sampling rate ``sample_rate`` (RDP)."""
+    if sigma == 0:
+        return math.inf
+    acc = RDPAccountant()
+    acc.history = [(sigma, sample_rate, rounds)]
+    return float(acc.get_epsilon(delta=delta))
