@@ -141,6 +141,12 @@ def start(cfg: CoordinatorConfig, observer: RoundObserver | None = None, tick_se
 def serve(cfg: CoordinatorConfig, exit_when_done: bool = False) -> int:
     """Run until interrupted (or, with ``exit_when_done``, until every planned round is published)."""
     running = start(cfg)
+    import signal
+
+    def _terminate(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, _terminate)
     try:
         while True:
             time.sleep(0.5)
