@@ -96,7 +96,8 @@ class ClientSession:
 
     def _advance(self, *, expected: Stage, step: Callable[[], _T]) -> _T:
         if self._stage != expected or expected not in _TRANSITIONS:
-            raise ProtocolViolation(f"site {self.site}: got a stage {expected.name} message while at {self._stage.name}")
+            stage, self._stage = self._stage, Stage.FAILED if self._stage != Stage.DONE else Stage.DONE
+            raise ProtocolViolation(f"site {self.site}: got a stage {expected.name} message while at {stage.name}")
         try:
             result = step()
         except BaseException:
