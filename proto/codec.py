@@ -94,6 +94,8 @@ def unflatten(vector: np.ndarray, layout: Iterable[tuple[str, tuple[int, ...]]])
     offset = 0
     for name, shape in layout:
         size = int(np.prod(shape)) if shape else 1
+        if offset + size > vector.size:
+            raise CodecError(f"vector has {vector.size} values but the layout needs more at {name!r}")
         out[name] = vector[offset : offset + size].reshape(shape)
         offset += size
     if offset != vector.size:

@@ -1,0 +1,85 @@
+"""A federated round over real mutual-TLS gRPC, and the connections that must be refused."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import grpc
+import pytest
+import torch
+from peft import PeftModel
+
+from fedquilt.agent.basemodel import load_base
+from fedquilt.agent.pull import pull
+from fedquilt.agent.transport import channel
+from fedquilt.coordinator.pki import Role, init_ca, issue
+from fedquilt.proto import federation_pb2 as pb
+from fedquilt.proto import federation_pb2_grpc as pb_grpc
+from fedquilt.strategies.adapters import load_peft
+
+
+def _hello_with(address: str, ca: bytes, cert: bytes | None, key: bytes | None) -> None:
+    creds = grpc.ssl_channel_credentials(root_certificates=ca, private_key=key, certificate_chain=cert)
+    chan = grpc.secure_channel(address, creds, options=[("grpc.ssl_target_name_override", "localhost")])
+    try:
+        pb_grpc.FederationStub(chan).Hello(pb.HelloRequest(), timeout=5)
+    finally:
+        chan.close()
+
+
+def test_client_without_certificate_is_refused(federation) -> None:
+    fed = federation(sites=2, secagg=False)
+    ca = (fed.files.ca_dir / "ca.pem").read_bytes()
+    with pytest.raises(grpc.RpcError) as err:
+        _hello_with(fed.address, ca, None, None)
+    assert err.value.code() is grpc.StatusCode.UNAVAILABLE  # the TLS handshake itself fails
+
+
+def test_certificate_from_another_ca_is_refused(federation, tmp_path: Path) -> None:
+    fed = federation(sites=2, secagg=False)
+    init_ca(tmp_path / "rogue-ca")
+    rogue = issue(tmp_path / "rogue-ca", tmp_path / "rogue", "site-0", Role.SITE)
+    ca = (fed.files.ca_dir / "ca.pem").read_bytes()
+    with pytest.raises(grpc.RpcError) as err:
+        _hello_with(fed.address, ca, rogue.cert.read_bytes(), rogue.key.read_bytes())
+    assert err.value.code() is grpc.StatusCode.UNAVAILABLE
+
+
+def test_admin_rpc_refused_to_a_site_certificate(federation) -> None:
+    fed = federation(sites=2, secagg=False)
+    site_dir = fed.files.agent_configs[0].parent
+    chan = channel(fed.address, (fed.files.ca_dir / "ca.pem").read_bytes(), (site_dir / "site-0.pem").read_bytes(),
+                   (site_dir / "site-0.key").read_bytes(), "localhost")
+    with pytest.raises(grpc.RpcError) as err:
+        pb_grpc.AdminStub(chan).Status(pb.StatusRequest(), timeout=5)
+    assert err.value.code() is grpc.StatusCode.PERMISSION_DENIED
+
+
+def test_full_fedit_round_publishes_an_adapter_peft_loads_exactly(federation, tmp_path: Path) -> None:
+    fed = federation(sites=2, secagg=False, rounds=2)
+    fed.start_agents()
+    history = fed.wait_rounds()
+    assert [h["version"] for h in history] == ["v0001", "v0002"]
+    assert all(h["contributors"] == 2 for h in history)
+
+    ca = (fed.files.ca_dir / "ca.pem").read_bytes()
+    chan = channel(fed.address, ca, fed.files.admin_cert.read_bytes(), fed.files.admin_key.read_bytes(), "localhost")
+    manifest = pull(chan, fed.files.model, "latest", tmp_path / "pulled", ca)
+    assert manifest["version"] == "v0002" and manifest["rule"] == "fedit" and manifest["contributors"] == 2
+    assert json.loads((tmp_path / "pulled" / "manifest.json").read_text())["signature"]["alg"] == "ecdsa-p256-sha256"
+
+    # PEFT's output equals the base model with ΔW = s·B·A merged by hand.
+    base, tok = load_base(fed.ws.model_dir, "causal-lm", device="cpu")
+    manual, _ = load_base(fed.ws.model_dir, "causal-lm", device="cpu")
+    ids = tok(["a sentence to score"], return_tensors="pt")["input_ids"]
+    adapter = load_peft(tmp_path / "pulled")
+    modules = dict(manual.named_modules())
+    with torch.no_grad():
+        base_logits = base(input_ids=ids).logits.clone()
+        for name, f in adapter.items():
+            modules[name].weight += f.delta().to(torch.float32)
+        expected = manual(input_ids=ids).logits
+        got = PeftModel.from_pretrained(base, str(tmp_path / "pulled")).eval()(input_ids=ids).logits
+    assert torch.allclose(got, expected, atol=1e-5, rtol=1e-5)
+    assert (got - base_logits).abs().max() > 1e-3  # the federation changed the model
