@@ -13,7 +13,8 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.x509.oid import NameOID
 
 from fedquilt.secure_agg import (
-    AggregateResult, ClientSession, SecAggParams, ServerSession, SiteId, Stage, VectorLayout,
+    AggregateResult, ClientMessage, ClientSession, SecAggParams, ServerMessage, ServerSession, SiteId, Stage,
+    VectorLayout,
 )
 from fedquilt.secure_agg.signing import SigningKey
 
@@ -119,3 +120,59 @@ def run_round(server: ServerSession, clients: Mapping[SiteId, ClientSession],
         if alive(site, Stage.UNMASK):
             server.receive(site, clients[site].handle(request))
     return server.finish()
+
+
+class Stepper:
+    """A small round advanced one step at a time (server transition, then delivery), recording messages."""
+
+    def __init__(self, federation: Federation, n: int = 3, params: SecAggParams | None = None, **server_kw: object):
+        self.sites = site_names(n)
+        self.params = params or SecAggParams(threshold=n // 2 + 1, clip=1.0, max_sites=n)
+        self.vectors = {s: {"x": np.full(4, 0.25 * (i + 1))} for i, s in enumerate(self.sites)}
+        self.server = federation.server(self.params, VectorLayout.of(self.vectors[self.sites[0]]), self.sites,
+                                        **server_kw)
+        self.clients = {s: federation.client(s, self.vectors[s]) for s in self.sites}
+        self.to_clients: dict[Stage, dict[SiteId, ServerMessage]] = {}
+        self.to_server: dict[Stage, dict[SiteId, ClientMessage]] = {}
+        self.result: AggregateResult | None = None
+        self.undelivered: Stage | None = None
+
+    def step(self) -> None:
+        """Close the server's current stage, or deliver what it produced to the clients."""
+        if self.undelivered is not None:
+            stage, self.undelivered = self.undelivered, None
+            for site, msg in self.to_clients[stage].items():
+                reply = self.clients[site].handle(msg)
+                self.to_server.setdefault(reply.stage, {})[site] = reply
+                self.server.receive(site, reply)
+            return
+        server = self.server
+        if server.stage == Stage.ANNOUNCE:
+            announce = server.start()
+            self._produced(Stage.ANNOUNCE, {s: announce for s in announce.cohort})
+        elif server.stage == Stage.ADVERTISE_KEYS:
+            relay = server.relay_advertisements()
+            self._produced(Stage.SHARE_KEYS, {ad.site: relay for ad in relay.advertisements})
+        elif server.stage == Stage.SHARE_KEYS:
+            self._produced(Stage.MASKED_INPUT, dict(server.route_shares()))
+        elif server.stage == Stage.MASKED_INPUT:
+            request = server.request_unmask()
+            self._produced(Stage.UNMASK, {s: request for s in request.survivors})
+        else:
+            self.result = server.finish()
+
+    def _produced(self, stage: Stage, messages: Mapping[SiteId, ServerMessage]) -> None:
+        self.to_clients[stage] = dict(messages)
+        self.undelivered = stage
+
+    def server_collecting(self, stage: Stage) -> Stepper:
+        """Advance until the server is at ``stage`` with every site's message received."""
+        while self.server.stage != stage or self.undelivered is not None:
+            self.step()
+        return self
+
+    def client_awaiting(self, site: SiteId, stage: Stage) -> Stepper:
+        """Advance until ``site`` awaits ``stage`` and the message opening it exists (undelivered)."""
+        while not (self.clients[site].stage == stage and (stage == Stage.DONE or stage in self.to_clients)):
+            self.step()
+        return self
