@@ -20,6 +20,7 @@ class StepKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     SECAGG_UNMASK: _ClassVar[StepKind]
     ROUND_DONE: _ClassVar[StepKind]
     SHUTDOWN: _ClassVar[StepKind]
+    DECLARE_LAYOUT: _ClassVar[StepKind]
 STEP_KIND_UNSPECIFIED: StepKind
 IDLE: StepKind
 TRAIN: StepKind
@@ -30,6 +31,7 @@ SECAGG_MASKED: StepKind
 SECAGG_UNMASK: StepKind
 ROUND_DONE: StepKind
 SHUTDOWN: StepKind
+DECLARE_LAYOUT: StepKind
 
 class HelloRequest(_message.Message):
     __slots__ = ("agent_version", "base_fingerprint", "num_samples", "lora_rank", "lora_alpha", "task", "target_shapes")

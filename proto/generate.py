@@ -12,7 +12,7 @@ import tempfile
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-PROTOS = ("tensors.proto", "federation.proto")
+PROTOS = ("tensors.proto", "secagg.proto", "federation.proto")
 
 
 def generate(out_dir: Path) -> list[Path]:
