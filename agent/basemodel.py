@@ -139,6 +139,7 @@ def load_base(
     ``device="auto"`` is CUDA when present (bfloat16 if supported), else the CPU in float32;
     ``dtype`` overrides the load dtype.
     """
+    import torch
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
     if task not in ("causal-lm", "seq-cls"):
@@ -155,6 +156,6 @@ def load_base(
     if getattr(model.config, "pad_token_id", None) is None:
         # Sequence classification finds each row's last real token through the pad id.
         model.config.pad_token_id = tokenizer.pad_token_id
-    model.to(place.device)
+    torch.nn.Module.to(model, place.device)
     model.eval()
     return model, tokenizer

@@ -28,6 +28,7 @@ from __future__ import annotations
 import copy
 import itertools
 import math
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Literal, Protocol, Sequence, runtime_checkable
@@ -35,7 +36,7 @@ from typing import TYPE_CHECKING, Any, Iterator, Literal, Protocol, Sequence, ru
 import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch.utils.data import DataLoader, Dataset
-from tqdm.auto import tqdm
+from tqdm.auto import tqdm  # type: ignore[import-untyped, unused-ignore]
 
 from ..strategies.base import LocalUpdate, TrainingPlan
 from ..strategies.lora import Adapter, LoraFactors
@@ -138,15 +139,16 @@ class LoraTrainer:
         modules = dict(model.named_modules())
         with torch.no_grad():
             for name, delta in deltas:
-                weight = getattr(modules.get(name), "weight", None)
-                if not isinstance(weight, torch.Tensor):
+                if name not in modules:
                     raise TrainerError(f"cannot merge into {name!r}: the base model has no such module weight")
+                weight = _weight(modules[name], "weight", name)
                 if tuple(weight.shape) != tuple(delta.shape):
                     raise TrainerError(
                         f"cannot merge into {name!r}: update is {tuple(delta.shape)}, weight is {tuple(weight.shape)}"
                     )
                 weight.copy_((weight.to(torch.float64) + delta.to(torch.float64)).to(weight.dtype))
-        return model.to(self.placement.device)
+        torch.nn.Module.to(model, self.placement.device)
+        return model
 
     def prepare(self, plan: TrainingPlan) -> torch.nn.Module:
         """The model as training starts: merged base with trainable LoRA factors or dense targets."""
@@ -157,7 +159,7 @@ class LoraTrainer:
         if plan.dense:
             modules = dict(model.named_modules())
             for name in self._targets:
-                weight = modules[name].weight
+                weight = _weight(modules[name], "weight", name)
                 weight.data = weight.data.to(torch.float32)  # trained weights keep float32 masters
                 weight.requires_grad_(True)
             return model
@@ -170,21 +172,23 @@ class LoraTrainer:
             raise TrainerError(f"plan.rank must be > 0, got {plan.rank}")
         config = LoraConfig(
             r=plan.rank,
-            lora_alpha=plan.scaling * plan.rank,
+            lora_alpha=plan.scaling * plan.rank,  # type: ignore[arg-type]  # PEFT takes a float
             target_modules=sorted(self._targets),
             lora_dropout=0.0,
             bias="none",
         )
-        with torch.random.fork_rng(devices=[]):
+        with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
+            # PEFT still calls a transformers method deprecated in v5; not ours to act on.
+            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
             if self._seed is not None:
                 torch.manual_seed(self._seed + self._rounds)
             peft_model = get_peft_model(model, config)  # no task_type: a generic PeftModel
         layers = {name: peft_model.get_submodule(_PEFT_PREFIX + name) for name in self._targets}
         if plan.init is not None:
             _copy_init(layers, plan.init, plan.scaling)
-        for layer in layers.values():
-            layer.lora_A["default"].weight.requires_grad_(plan.train_a)
-            layer.lora_B["default"].weight.requires_grad_(plan.train_b)
+        for name, layer in layers.items():
+            _weight(layer, "lora_A", name).requires_grad_(plan.train_a)
+            _weight(layer, "lora_B", name).requires_grad_(plan.train_b)
         return peft_model.to(self.placement.device)
 
     def train(self, plan: TrainingPlan, data: Dataset[Batch], hp: TrainHyper, progress: bool = True) -> TrainResult:
@@ -233,7 +237,7 @@ class LoraTrainer:
                 batch = self._to_device(next(batches))
                 with self.placement.autocast_context():
                     loss = self._loss(model, batch)
-                loss.backward()
+                loss.backward()  # type: ignore[no-untyped-call, unused-ignore]
                 if hp.max_grad_norm is not None:
                     torch.nn.utils.clip_grad_norm_(params, hp.max_grad_norm)
                 optimizer.step()
@@ -280,14 +284,17 @@ class LoraTrainer:
 
     def _dense_snapshot(self, model: torch.nn.Module) -> dict[str, torch.Tensor]:
         modules = dict(model.named_modules())
-        return {name: modules[name].weight.detach().to(torch.float32).cpu().clone() for name in self._targets}
+        return {
+            name: _weight(modules[name], "weight", name).detach().to(torch.float32).cpu().clone()
+            for name in self._targets
+        }
 
     def _read_factors(self, model: torch.nn.Module, scaling: float) -> Adapter:
         adapter: Adapter = {}
         for name in self._targets:
             layer = model.get_submodule(_PEFT_PREFIX + name)
-            a = layer.lora_A["default"].weight.detach().to(torch.float32).cpu().clone()
-            b = layer.lora_B["default"].weight.detach().to(torch.float32).cpu().clone()
+            a = _weight(layer, "lora_A", name).detach().to(torch.float32).cpu().clone()
+            b = _weight(layer, "lora_B", name).detach().to(torch.float32).cpu().clone()
             adapter[name] = LoraFactors(A=a, B=b, scaling=scaling)
         return adapter
 
@@ -315,13 +322,25 @@ def _copy_init(layers: dict[str, torch.nn.Module], init: Adapter, scaling: float
         for name, f in init.items():
             if not math.isclose(f.scaling, scaling, rel_tol=1e-6):
                 raise TrainerError(f"plan.init[{name!r}] has scaling {f.scaling}, the plan trains with {scaling}")
-            a, b = layers[name].lora_A["default"].weight, layers[name].lora_B["default"].weight
+            a, b = _weight(layers[name], "lora_A", name), _weight(layers[name], "lora_B", name)
             for label, dst, src in (("A", a, f.A), ("B", b, f.B)):
                 if tuple(dst.shape) != tuple(src.shape):
                     raise TrainerError(
                         f"plan.init[{name!r}].{label} is {tuple(src.shape)}, PEFT's lora_{label} is {tuple(dst.shape)}"
                     )
                 dst.copy_(src.to(dst.dtype))
+
+
+def _weight(module: torch.nn.Module, which: Literal["weight", "lora_A", "lora_B"], name: str) -> torch.Tensor:
+    """``module.weight``, or the weight of its default LoRA factor ``which``."""
+    holder: Any = module
+    if which != "weight":
+        factors: Any = getattr(module, which, None)
+        holder = factors["default"] if factors is not None and "default" in factors else None
+    weight = getattr(holder, "weight", None)
+    if not isinstance(weight, torch.Tensor):
+        raise TrainerError(f"module {name!r} has no {which} weight")
+    return weight
 
 
 def _optimizer(params: list[torch.nn.Parameter], hp: TrainHyper) -> torch.optim.Optimizer:

@@ -115,7 +115,7 @@ def build_tokenizer(corpus: list[str], vocab_size: int, out_dir: Path) -> int:
     tok.post_processor = processors.TemplateProcessing(
         single="<s> $A </s>", pair="<s> $A </s> $B </s>", special_tokens=[("<s>", bos), ("</s>", eos)]
     )
-    fast = PreTrainedTokenizerFast(
+    fast = PreTrainedTokenizerFast(  # type: ignore[no-untyped-call, unused-ignore]
         tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>", unk_token="<unk>"
     )
     fast.save_pretrained(str(out_dir))
@@ -125,7 +125,7 @@ def build_tokenizer(corpus: list[str], vocab_size: int, out_dir: Path) -> int:
 def build_model(out_dir: Path, task: Task, vocab_size: int, num_labels: int, seed: int) -> None:
     """Save a randomly initialised tiny Llama (safetensors) into ``out_dir``."""
     import torch
-    from transformers import LlamaConfig, LlamaForCausalLM, LlamaForSequenceClassification
+    from transformers import LlamaConfig, LlamaForCausalLM, LlamaForSequenceClassification, PreTrainedModel
 
     config = LlamaConfig(
         vocab_size=vocab_size,
@@ -139,10 +139,14 @@ def build_model(out_dir: Path, task: Task, vocab_size: int, num_labels: int, see
         bos_token_id=SPECIAL_TOKENS.index("<s>"),
         eos_token_id=SPECIAL_TOKENS.index("</s>"),
         tie_word_embeddings=False,
-        num_labels=max(num_labels, 2),
     )
+    config.num_labels = max(num_labels, 2)
     torch.manual_seed(seed)
-    model = LlamaForCausalLM(config) if task == "causal-lm" else LlamaForSequenceClassification(config)
+    model: PreTrainedModel
+    if task == "causal-lm":
+        model = LlamaForCausalLM(config)
+    else:
+        model = LlamaForSequenceClassification(config)  # type: ignore[no-untyped-call, unused-ignore]
     model.save_pretrained(str(out_dir))
 
 
