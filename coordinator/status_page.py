@@ -38,7 +38,7 @@ SERIES: Final = (
 )
 """The plotted history fields: (key, label, colour, dash pattern)."""
 
-_W, _H, _LEFT, _RIGHT, _TOP, _BOTTOM = 720, 300, 60, 20, 20, 44
+_W, _H, _LEFT, _RIGHT, _TOP, _BOTTOM = 720, 320, 60, 20, 40, 44
 _CSP: Final = "default-src 'none'; style-src 'unsafe-inline'; base-uri 'none'; form-action 'none'"
 
 
@@ -144,7 +144,8 @@ def render_html(status: Mapping[str, Any]) -> str:
     facts = [
         ("federation", _e(status.get("federation"))), ("model", _e(status.get("model"))),
         ("rule", _e(status.get("rule"))),
-        ("secure aggregation", '<span class="on">on</span>' if secure else '<span class="off">OFF</span>'),
+        ("secure aggregation", '<span class="on">on</span>' if secure
+         else '<span class="off">OFF</span> (the coordinator sees every site&#x27;s update)'),
         ("state", "running" if status.get("running") else "paused"),
         ("rounds", f"{_e(status.get('rounds_done'))} done of {_e(status.get('rounds_planned'))} planned"),
         ("global version", _e(status.get("global_version"))),
@@ -208,8 +209,8 @@ def render_plot(history: Sequence[Mapping[str, Any]]) -> str:
     if not points:
         return '<p class="noplot">No losses reported yet.</p>'
     rounds = [float(h["round"]) for h in history if _finite_number(h.get("round"))]
-    x0, x1 = _span(rounds, 1.0)
-    y0, y1 = _span([y for _, y in points], 0.1)
+    x0, x1 = min(rounds) - 0.3, max(rounds) + 0.3
+    y0, y1 = _span([y for _, y in points], 0.08)
 
     def sx(x: float) -> float:
         return _LEFT + (x - x0) / (x1 - x0) * (_W - _LEFT - _RIGHT)
@@ -244,21 +245,19 @@ def render_plot(history: Sequence[Mapping[str, Any]]) -> str:
                    f'stroke-width="2" stroke-dasharray="{dash or "none"}"/>')
         out.extend(f'<circle cx="{sx(x):.1f}" cy="{sy(y):.1f}" r="3" fill="{colour}"><title>round {x:g}: {label} '
                    f'{y:.5g}</title></circle>' for x, y in pts)
-        ly = _TOP + 14 + 16 * n
-        out.append(f'<line x1="{_W - _RIGHT - 200}" x2="{_W - _RIGHT - 176}" y1="{ly - 4}" y2="{ly - 4}" '
-                   f'stroke="{colour}" stroke-width="2" stroke-dasharray="{dash or "none"}"/>'
-                   f'<text x="{_W - _RIGHT - 170}" y="{ly}">{label}</text>')
+        lx = _LEFT + 200 * n  # the legend is a row above the frame, so it never hides a line
+        out.append(f'<line x1="{lx}" x2="{lx + 24}" y1="{_TOP - 18}" y2="{_TOP - 18}" stroke="{colour}" '
+                   f'stroke-width="2" stroke-dasharray="{dash or "none"}"/>'
+                   f'<text x="{lx + 30}" y="{_TOP - 14}">{label}</text>')
     out.append("</svg>")
     return "".join(out)
 
 
-def _span(values: Sequence[float], pad: float) -> tuple[float, float]:
+def _span(values: Sequence[float], margin: float) -> tuple[float, float]:
+    """[min, max] widened by ``margin`` of its width (by ``margin`` of the value when all are equal)."""
     lo, hi = min(values), max(values)
-    if hi - lo < 1e-12:
-        margin = max(abs(lo) * pad, pad)
-        return lo - margin, hi + margin
-    margin = (hi - lo) * (0.05 if pad < 1 else 0.0)
-    return lo - margin, hi + margin
+    pad = (hi - lo) * margin if hi - lo > 1e-12 else max(abs(lo) * margin, margin)
+    return lo - pad, hi + pad
 
 
 def _finite_number(value: Any) -> bool:

@@ -113,6 +113,11 @@ def test_status_page_shows_the_facts(served: Any) -> None:
     assert "<script" not in page and "http://" not in page.replace('xmlns="http://www.w3.org/2000/svg"', "")
 
 
+def test_secure_aggregation_off_is_flagged() -> None:
+    page = render_html(fake_status() | {"secure_aggregation": False, "running": False})
+    assert '<span class="off">OFF</span>' in page and ">paused<" in page and ">on<" not in page
+
+
 def test_every_value_is_escaped() -> None:
     status = fake_status()
     status["federation"] = status["model"] = HOSTILE
