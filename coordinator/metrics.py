@@ -104,7 +104,7 @@ class Metrics:
         self.clipped_values.inc(n)
 
     def record_rpc_error(self, method: str, code: Enum | str) -> None:
-        """Count one refused call of ``method`` (e.g. "Upload") with status ``code`` (a ``grpc.StatusCode`` or its name)."""
+        """Count one refused call of ``method`` (e.g. "Upload") with ``code`` (a ``grpc.StatusCode`` or its name)."""
         name = code.name if isinstance(code, Enum) else code
         if not method or not name:
             raise ValueError(f"method and code must be non-empty, got {method!r} and {code!r}")

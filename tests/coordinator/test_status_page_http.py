@@ -50,7 +50,8 @@ def served() -> Iterator[tuple[StatusServer, int, Metrics, dict[str, Any]]]:
 
 
 def get(port: int, path: str, method: str = "GET") -> tuple[int, dict[str, str], bytes]:
-    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", method=method, data=b"x" if method == "POST" else None)
+    body = b"x" if method == "POST" else None
+    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", method=method, data=body)
     try:
         with urllib.request.urlopen(req, timeout=10) as resp:
             return resp.status, dict(resp.headers), resp.read()
