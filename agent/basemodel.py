@@ -19,12 +19,13 @@ import json
 import struct
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, Sequence
 
 from .device import resolve
 
+import torch
+
 if TYPE_CHECKING:
-    import torch
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 Task = Literal["causal-lm", "seq-cls"]
@@ -131,6 +132,22 @@ def check_fingerprint(model_dir: Path, expected: str) -> str:
     return actual
 
 
+def target_shapes(model: torch.nn.Module, suffixes: Sequence[str]) -> dict[str, tuple[int, int]]:
+    """Full names of the Linear modules whose names end in one of ``suffixes`` -> (d_out, k_in)."""
+    if isinstance(suffixes, str) or not suffixes:
+        raise BaseModelError(f"target_modules must be a non-empty list of module-name suffixes, got {suffixes!r}")
+    found: dict[str, tuple[int, int]] = {}
+    for suffix in suffixes:
+        hits = [(n, m) for n, m in model.named_modules() if n == suffix or n.endswith("." + suffix)]
+        if not hits:
+            raise BaseModelError(f"target module {suffix!r} matches no module of the base model")
+        for name, module in hits:
+            if not isinstance(module, torch.nn.Linear):
+                raise BaseModelError(f"target {name!r} is a {type(module).__name__}; only Linear layers are supported")
+            found[name] = (module.out_features, module.in_features)
+    return found
+
+
 def load_base(
     model_dir: Path, task: Task, device: str = "auto", dtype: torch.dtype | None = None
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
@@ -139,7 +156,6 @@ def load_base(
     ``device="auto"`` is CUDA when present (bfloat16 if supported), else the CPU in float32;
     ``dtype`` overrides the load dtype.
     """
-    import torch
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
     if task not in ("causal-lm", "seq-cls"):

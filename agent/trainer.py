@@ -40,7 +40,7 @@ from tqdm.auto import tqdm  # type: ignore[import-untyped, unused-ignore]
 
 from ..strategies.base import LocalUpdate, TrainingPlan
 from ..strategies.lora import Adapter, LoraFactors
-from .basemodel import load_base
+from .basemodel import load_base, target_shapes
 from .device import resolve
 
 if TYPE_CHECKING:
@@ -122,7 +122,7 @@ class LoraTrainer:
         """Training device, load dtype and autocast dtype."""
         base, self.tokenizer = load_base(model_dir, task, device="cpu", dtype=self.placement.dtype)
         self._base: PreTrainedModel = base
-        self._targets = _match_targets(base, target_modules)
+        self._targets = target_shapes(base, target_modules)
         self._seed = seed
         self._rounds = 0
 
@@ -297,21 +297,6 @@ class LoraTrainer:
             b = _weight(layer, "lora_B", name).detach().to(torch.float32).cpu().clone()
             adapter[name] = LoraFactors(A=a, B=b, scaling=scaling)
         return adapter
-
-
-def _match_targets(model: torch.nn.Module, suffixes: Sequence[str]) -> dict[str, tuple[int, int]]:
-    if isinstance(suffixes, str) or not suffixes:
-        raise TrainerError(f"target_modules must be a non-empty list of module-name suffixes, got {suffixes!r}")
-    found: dict[str, tuple[int, int]] = {}
-    for suffix in suffixes:
-        hits = [(n, m) for n, m in model.named_modules() if n == suffix or n.endswith("." + suffix)]
-        if not hits:
-            raise TrainerError(f"target module {suffix!r} matches no module of the base model")
-        for name, module in hits:
-            if not isinstance(module, torch.nn.Linear):
-                raise TrainerError(f"target {name!r} is a {type(module).__name__}; only Linear layers are supported")
-            found[name] = (module.out_features, module.in_features)
-    return found
 
 
 def _copy_init(layers: dict[str, torch.nn.Module], init: Adapter, scaling: float) -> None:

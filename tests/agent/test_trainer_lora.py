@@ -12,6 +12,7 @@ from pydantic import ValidationError
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
+from fedquilt.agent.basemodel import BaseModelError
 from fedquilt.agent.data import TokenizedDataset, load_dataset
 from fedquilt.agent.trainer import LoraTrainer, Trainer, TrainerError, TrainHyper
 from fedquilt.cli.workspace import Workspace
@@ -192,9 +193,9 @@ def test_same_seed_same_update(tiny_workspace: Workspace, data: TokenizedDataset
 
 
 def test_precise_errors(trainer: LoraTrainer, data: TokenizedDataset, tiny_workspace: Workspace) -> None:
-    with pytest.raises(TrainerError, match="'o_proj_x' matches no module"):
+    with pytest.raises(BaseModelError, match="'o_proj_x' matches no module"):
         LoraTrainer(tiny_workspace.model_dir, "causal-lm", ["o_proj_x"], device="cpu")
-    with pytest.raises(TrainerError, match="'model.embed_tokens' is a Embedding"):
+    with pytest.raises(BaseModelError, match="'model.embed_tokens' is a Embedding"):
         LoraTrainer(tiny_workspace.model_dir, "causal-lm", ["embed_tokens"], device="cpu")
     bad = random_adapter(trainer.target_names(), 3, 1.0, seed=0)
     with pytest.raises(TrainerError, match=r"plan.init\['model.layers.0.self_attn.q_proj'\].A is \(3, 64\), PEFT's lora_A is \(4, 64\)"):
