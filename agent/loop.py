@@ -108,7 +108,7 @@ class AgentLoop:
                 self._train(task)
             elif task.kind == pb.UPLOAD_PLAIN:
                 self._upload_plain(task)
-            elif kind.startswith("SECAGG_"):
+            elif kind.startswith("SECAGG_") or task.kind == pb.DECLARE_LAYOUT:
                 self._secagg(task)
             elif task.kind == pb.ROUND_DONE:
                 log.info("round %s closed: %s", task.round_id, task.message)

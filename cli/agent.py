@@ -54,12 +54,9 @@ def build_loop(config_path: Path, progress: bool = True) -> Any:
         privacy = PrivacySite.from_config(cfg.dp, cfg.state_dir / "privacy.json")
     hello = hello_request(trainer, fingerprint(cfg.model.dir), data.n, cfg.model.rank, cfg.model.alpha, cfg.model.task,
                           __version__)
-    try:  # TEMPORARY until secure-sum client lands
-        from ..agent.secure_sum import SecureSumClient
+    from ..agent.secure_sum import SecureSumClient
 
-        secure = SecureSumClient(cfg.tls.ca.read_bytes(), cfg.tls.cert.read_bytes(), cfg.tls.key.read_bytes())
-    except ModuleNotFoundError:
-        secure = None
+    secure = SecureSumClient(cfg.tls.ca.read_bytes(), cfg.tls.cert.read_bytes(), cfg.tls.key.read_bytes())
     return AgentLoop(transport, trainer, data, hello, cfg.model.alpha, cfg.state_dir, eval_data=eval_data,
                      privacy=privacy, secure_sum=secure, progress=progress)
 

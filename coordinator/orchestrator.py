@@ -303,7 +303,7 @@ class Orchestrator:
             round_id=f"r{number:04d}-{nonce[:8]}", round=number, rule=self.fed.rule, params=dict(self.fed.rule_params),
             ranks={s: self.sites[s].rank for s in sorted(cohort)}, shapes=self.shapes, train=dict(self.fed.train),
             nonce=nonce, global_version=self.global_version,
-            secagg=self._secagg_spec(len(cohort)) if self.secure else None,
+            secagg=self._secagg_spec(cohort) if self.secure else None,
         )
         rnd = RoundRecord(number=number, spec=spec, cohort=cohort, participants=set(cohort), stage=RoundStage.TRAINING,
                           deadline=now + self.fed.train_timeout, started=now)
@@ -314,8 +314,10 @@ class Orchestrator:
         log.info("round %d opened with %d sites (%s)", number, len(cohort), spec.round_id, extra={"round": number})
         self._event("round_opened", round=number, cohort=len(cohort))
 
-    def _secagg_spec(self, n: int) -> dict[str, Any]:
-        return {"n": n}
+    def _secagg_spec(self, cohort: set[SiteId]) -> dict[str, Any]:
+        # Sites divide every submitted value by this public constant so weighted values stay inside the
+        # declared clip range (p_i = n_i/Σn is unchanged: the sample counts are divided too).
+        return {"weight_scale": float(sum(self.sites[s].num_samples for s in cohort))}
 
     def _min_participants(self, rnd: RoundRecord) -> int:
         need = self.fed.min_sites
@@ -370,7 +372,7 @@ class Orchestrator:
         if len(contributors) < self._min_participants(rnd):
             self._discard(rnd, f"phase {rnd.phase}: {len(contributors)} sites contributed, need {self._min_participants(rnd)}")
             return
-        if rnd.phase > 0 and contributors != rnd.participants and getattr(self.rule, "same_participants", False):
+        if rnd.phase > 0 and contributors != rnd.participants:
             self._discard(rnd, f"phase {rnd.phase}: participants changed between secure sums; "
                                "publishing would reveal a dropped site's sketch")
             return

@@ -79,7 +79,7 @@ class FederationServicer(pb_grpc.FederationServicer):
             if kind is Step.TRAIN:
                 metrics = _metrics(request.metrics_json)
                 self.orch.trained(site, request.round_id, int(request.step), metrics)
-            elif kind in (Step.SECAGG_ADVERTISE, Step.SECAGG_SHARE, Step.SECAGG_UNMASK):
+            elif kind in (Step.DECLARE_LAYOUT, Step.SECAGG_ADVERTISE, Step.SECAGG_SHARE, Step.SECAGG_UNMASK):
                 self.orch.secagg_message(site, request.round_id, int(request.step), kind, request.payload)
             else:
                 raise codec.CodecError(f"Submit does not take kind {pb.StepKind.Name(request.kind)}")

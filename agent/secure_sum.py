@@ -1,0 +1,88 @@
+"""The agent's side of a secure sum: coordinator steps in, ``secure_agg.ClientSession`` replies out.
+
+Per phase: ``DECLARE_LAYOUT`` computes the phase's vectors (to learn their names and shapes),
+``SECAGG_ADVERTISE`` opens a fresh ``ClientSession`` (fresh keys and self-mask seed for every sum),
+``SECAGG_SHARE`` verifies every peer's signed advertisement and recomputes the vectors bound to the
+session id (sketch matrices are derived from it), ``SECAGG_MASKED`` uploads the masked ring vector,
+``SECAGG_UNMASK`` reveals shares only after the client's own checks. From the second phase on the
+pairwise masks are bound to H(broadcast), so a coordinator that sends different broadcasts to
+different sites gets noise, not a sum.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import logging
+from typing import Any
+
+import numpy as np
+
+from .. import secure_agg as sa
+from ..proto import codec
+from ..proto import federation_pb2 as pb
+from ..proto import tensors_pb2 as tpb
+from ..strategies.base import RoundContext
+
+log = logging.getLogger("fedquilt.agent.secagg")
+
+
+class SecureSumClient:
+    """Handles every ``SECAGG_*`` / ``DECLARE_LAYOUT`` step for one site."""
+
+    def __init__(self, ca_pem: bytes, cert_pem: bytes, key_pem: bytes) -> None:
+        self.ca_pem, self.cert_pem = ca_pem, cert_pem
+        self.key = sa.load_signing_key(key_pem)
+        self.session: sa.ClientSession | None = None
+        self._phase_key: tuple[str, int] | None = None
+
+    def __call__(self, loop: Any, work: Any, task: pb.Task) -> None:
+        """Do one step of the current round's secure sum."""
+        kind = task.kind
+        if kind == pb.DECLARE_LAYOUT:
+            vectors = self._vectors(loop, work, task.phase, work.ctx)
+            loop.transport.submit(pb.SubmitRequest(round_id=task.round_id, step=task.step, kind=kind,
+                                                   payload=codec.encode_layout(codec.layout_of(vectors))))
+        elif kind == pb.SECAGG_ADVERTISE:
+            self._phase_key = (task.round_id, task.phase)
+            context = b""
+            if task.phase > 0:
+                context = hashlib.sha256(codec.encode_tensors(dict(work.broadcasts[task.phase].tensors))).digest()
+            self.session = sa.ClientSession(sa.SiteId(loop.site), self.key, self.cert_pem, self.ca_pem,
+                                            mask_context=context)
+            reply = self._session(task).handle(codec.decode_secagg("Announce", task.payload))
+            self._submit(loop, task, reply)
+        elif kind == pb.SECAGG_SHARE:
+            session = self._session(task)
+            reply = session.handle(codec.decode_secagg("AdvertisementsRelay", task.payload))
+            assert session.session_id is not None
+            bound = dataclasses.replace(work.ctx, session=session.session_id)
+            session.set_input(self._vectors(loop, work, task.phase, bound))
+            self._submit(loop, task, reply)
+        elif kind == pb.SECAGG_MASKED:
+            session = self._session(task)
+            masked = session.handle(codec.decode_secagg("SharesRelay", task.payload))
+            encoding = tpb.RING_U32 if masked.vector.dtype == np.uint32 else tpb.RING_U64
+            loop.transport.upload(task.round_id, task.step, task.phase, encoding,
+                                  codec.encode_masked(masked.session_id, masked.vector))
+            if session.clipped:
+                log.warning("round %s phase %d: %d values were clipped to the declared range", task.round_id,
+                            task.phase, session.clipped)
+        elif kind == pb.SECAGG_UNMASK:
+            reply = self._session(task).handle(codec.decode_secagg("UnmaskRequest", task.payload))
+            self._submit(loop, task, reply)
+
+    def _session(self, task: pb.Task) -> sa.ClientSession:
+        if self.session is None or self._phase_key != (task.round_id, task.phase):
+            raise RuntimeError(f"no secure sum open for round {task.round_id} phase {task.phase}")
+        return self.session
+
+    def _submit(self, loop: Any, task: pb.Task, reply: Any) -> None:
+        loop.transport.submit(pb.SubmitRequest(round_id=task.round_id, step=task.step, kind=task.kind,
+                                               payload=codec.encode_secagg(reply)))
+
+    @staticmethod
+    def _vectors(loop: Any, work: Any, phase: int, ctx: RoundContext) -> dict[str, np.ndarray]:
+        """The phase's vectors divided by the round's public weight scale (keeps them inside the clip range)."""
+        scale = float((work.spec.secagg or {}).get("weight_scale", 1.0)) or 1.0
+        return {k: np.asarray(v, np.float64) / scale for k, v in loop._vectors(work, phase, ctx).items()}

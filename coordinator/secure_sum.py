@@ -1,0 +1,185 @@
+"""One phase's secure sum, driven over gRPC steps: the coordinator's adapter to ``secure_agg``.
+
+Stages, each closed when every expected site has answered or at its deadline (whoever is left
+goes on; fewer than t ends the round with ``ThresholdNotMet``)::
+
+    DECLARE_LAYOUT  sites compute the phase's vectors and declare names + shapes (must agree)
+    ADVERTISE       Announce -> signed key advertisements
+    SHARE           AdvertisementsRelay -> encrypted Shamir shares
+    MASKED          SharesRelay -> masked ring vectors (Upload streams), summed as they arrive
+    UNMASK          UnmaskRequest -> revealed shares -> the sum, and nothing else
+
+For phases after the first, the pairwise masks are bound to H(broadcast) on both sides, so a
+coordinator that sends different broadcasts (e.g. a different Q) to different sites gets noise.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from typing import Any, Callable
+
+import numpy as np
+
+from .. import secure_agg as sa
+from ..proto import codec
+from .config import CoordinatorConfig
+from .errors import InvalidRequest, StaleStep
+from .steps import SiteId, Step
+
+log = logging.getLogger("fedquilt.coordinator.secagg")
+
+_REPLY_KIND = {Step.SECAGG_ADVERTISE: "KeyAdvertisement", Step.SECAGG_SHARE: "EncryptedShares",
+               Step.SECAGG_UNMASK: "RevealedShares"}
+
+
+class SecureSum:
+    """Collects one phase through a ``secure_agg.ServerSession``."""
+
+    def __init__(self, participants: set[SiteId], *, clip: float, min_frac_bits: int, threshold: int | None,
+                 ca_pem: bytes, mask_context: bytes, stage_timeout: float, now: float) -> None:
+        self.participants = set(participants)
+        self.clip, self.min_frac_bits, self.threshold = clip, min_frac_bits, threshold
+        self.ca_pem, self.mask_context = ca_pem, mask_context
+        self.stage_timeout = stage_timeout
+        self.stage = Step.DECLARE_LAYOUT
+        self.deadline = now + stage_timeout
+        self.layouts: dict[SiteId, list[tuple[str, tuple[int, ...]]]] = {}
+        self.session: sa.ServerSession | None = None
+        self.result_: sa.AggregateResult | None = None
+        self.done = False
+        self.expected: set[SiteId] = set(participants)
+        self.heard: set[SiteId] = set()
+
+    # ---- steps handed to sites ----------------------------------------------------------------
+
+    def start(self) -> dict[SiteId, tuple[Step, bytes]]:
+        """Every participant first declares its vector layout."""
+        return {s: (Step.DECLARE_LAYOUT, b"") for s in self.participants}
+
+    def message(self, site: SiteId, kind: Step, payload: bytes) -> None:
+        """A small stage reply from a site."""
+        if kind is not self.stage:
+            raise StaleStep(f"secure sum is collecting {self.stage.value}, not {kind.value}")
+        if kind is Step.DECLARE_LAYOUT:
+            self.layouts[site] = codec.decode_layout(payload)
+            self.heard.add(site)
+            return
+        assert self.session is not None
+        msg = codec.decode_secagg(_REPLY_KIND[kind], payload)
+        self._receive(site, msg)
+
+    def masked_input(self, site: SiteId, encoding: str, layout: list[tuple[str, tuple[int, ...]]], payload: bytes) -> bool:
+        """A site's masked vector (an Upload stream); added to the running sum at once."""
+        if self.stage is not Step.SECAGG_MASKED or self.session is None:
+            raise StaleStep("secure sum is not collecting masked input")
+        bits = self.session.params.ring_bits
+        if encoding != f"RING_U{bits}":
+            raise InvalidRequest(f"masked input must be RING_U{bits}, got {encoding}")
+        if site in self.heard:
+            return False
+        session_id, vector = codec.decode_masked(payload, bits, self.session.layout.size)
+        self._receive(site, sa.MaskedInput(session_id, sa.SiteId(site), vector))
+        return True
+
+    def _receive(self, site: SiteId, msg: Any) -> None:
+        assert self.session is not None
+        try:
+            self.session.receive(sa.SiteId(site), msg)
+        except sa.SecAggError as exc:
+            log.warning("secure sum: rejected %s from %s: %s", type(msg).__name__, site, exc)
+            raise InvalidRequest(f"{type(msg).__name__} rejected: {exc}") from None
+        self.heard.add(site)
+
+    # ---- the driver ---------------------------------------------------------------------------
+
+    def advance(self, now: float) -> dict[SiteId, tuple[Step, bytes]]:
+        """Close the stage when everyone expected answered or the deadline passed; returns new steps."""
+        if self.done or (self.expected - self.heard and now < self.deadline):
+            return {}
+        late = sorted(self.expected - self.heard)
+        if late:
+            log.warning("secure sum: %s missed the %s deadline", late, self.stage.value)
+        moves = self._close_stage()
+        self.heard = set()
+        self.deadline = now + self.stage_timeout
+        return moves
+
+    def _close_stage(self) -> dict[SiteId, tuple[Step, bytes]]:
+        if self.stage is Step.DECLARE_LAYOUT:
+            return self._announce()
+        assert self.session is not None
+        if self.stage is Step.SECAGG_ADVERTISE:
+            relay = self.session.relay_advertisements()
+            payload = codec.encode_secagg(relay)
+            self.expected = {SiteId(a.site) for a in relay.advertisements}
+            return self._next(Step.SECAGG_SHARE, {s: payload for s in self.expected})
+        if self.stage is Step.SECAGG_SHARE:
+            routes = self.session.route_shares()
+            self.expected = {SiteId(s) for s in routes}
+            return self._next(Step.SECAGG_MASKED, {SiteId(s): codec.encode_secagg(m) for s, m in routes.items()})
+        if self.stage is Step.SECAGG_MASKED:
+            req = self.session.request_unmask()
+            self.expected = {SiteId(s) for s in req.survivors}
+            payload = codec.encode_secagg(req)
+            return self._next(Step.SECAGG_UNMASK, {s: payload for s in self.expected})
+        self.result_ = self.session.finish()
+        self.done = True
+        return {}
+
+    def _announce(self) -> dict[SiteId, tuple[Step, bytes]]:
+        if not self.layouts:
+            raise sa.ThresholdNotMet("no site declared its vector layout")
+        counts: dict[str, list[SiteId]] = {}
+        for site, layout in self.layouts.items():
+            counts.setdefault(repr(layout), []).append(site)
+        agreed_key = max(counts, key=lambda k: len(counts[k]))
+        agreeing = set(counts[agreed_key])
+        for site in set(self.layouts) - agreeing:
+            log.warning("secure sum: %s declared a different layout; excluded from this sum", site)
+        layout = sa.VectorLayout(tuple(self.layouts[next(iter(agreeing))]))
+        n = len(agreeing)
+        params = sa.default_params(n, self.clip, min_frac_bits=self.min_frac_bits,
+                                   threshold=min(self.threshold, n) if self.threshold else None)
+        self.session = sa.ServerSession(sorted(sa.SiteId(s) for s in agreeing), params, layout, ca_cert_pem=self.ca_pem,
+                                        mask_context=self.mask_context)
+        payload = codec.encode_secagg(self.session.start())
+        self.expected = agreeing
+        return self._next(Step.SECAGG_ADVERTISE, {s: payload for s in agreeing})
+
+    def _next(self, stage: Step, payloads: dict[SiteId, bytes]) -> dict[SiteId, tuple[Step, bytes]]:
+        self.stage = stage
+        return {s: (stage, p) for s, p in payloads.items()}
+
+    # ---- results ------------------------------------------------------------------------------
+
+    def result(self) -> dict[str, np.ndarray]:
+        """The decoded float sums (the only thing the coordinator learns)."""
+        assert self.result_ is not None
+        return {k: np.asarray(v, np.float64) for k, v in self.result_.sums.items()}
+
+    def contributors(self) -> set[SiteId]:
+        """Sites whose masked inputs are in the sum."""
+        return set() if self.result_ is None else {SiteId(s) for s in self.result_.contributors}
+
+    def manifest_facts(self) -> dict[str, Any]:
+        """What the manifest records about this secure sum."""
+        assert self.session is not None and self.result_ is not None
+        p = self.session.params
+        return {"protocol": "SecAgg" if p.degree is None else "SecAgg+", "threshold": p.threshold,
+                "sites": len(self.session.cohort), "dropped": list(self.result_.dropped), "ring_bits": p.ring_bits,
+                "frac_bits": p.frac_bits, "clip": p.clip, "degree": p.degree}
+
+
+def make_factory(cfg: CoordinatorConfig) -> Callable[..., SecureSum]:
+    """The orchestrator's factory: one ``SecureSum`` per phase of a round."""
+    ca_pem = cfg.tls.ca.read_bytes()
+
+    def factory(rnd: Any, phase: int, now: float) -> SecureSum:
+        broadcast = rnd.broadcasts.get(phase, b"")
+        context = hashlib.sha256(broadcast).digest() if phase > 0 else b""
+        min_bits = int(rnd.spec.params.get("min_frac_bits", cfg.secagg.min_frac_bits))
+        return SecureSum(rnd.participants, clip=cfg.secagg.clip, min_frac_bits=min_bits, threshold=cfg.secagg.threshold,
+                         ca_pem=ca_pem, mask_context=context, stage_timeout=cfg.federation.stage_timeout, now=now)
+
+    return factory
