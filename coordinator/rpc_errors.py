@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from contextlib import contextmanager
-from typing import Iterator, NoReturn
+from typing import Any, Iterator, NoReturn
 
 import grpc
 
@@ -39,9 +39,11 @@ def status_for(exc: BaseException) -> grpc.StatusCode | None:
     return None
 
 
-def abort(context: grpc.ServicerContext, exc: BaseException, method: str) -> NoReturn:
-    """Log the refusal and end the call with its precise status."""
+def abort(context: grpc.ServicerContext, exc: BaseException, method: str, metrics: Any = None) -> NoReturn:
+    """Log (and count) the refusal and end the call with its precise status."""
     code = status_for(exc) or grpc.StatusCode.INTERNAL
+    if metrics is not None:
+        metrics.record_rpc_error(method, code)
     message = str(exc) if code is not grpc.StatusCode.INTERNAL else "internal error (see coordinator log)"
     log.warning("refused %s: %s %s", method, code.name, exc, extra={"rpc": method, "status": code.name})
     context.abort(code, message)
@@ -49,7 +51,7 @@ def abort(context: grpc.ServicerContext, exc: BaseException, method: str) -> NoR
 
 
 @contextmanager
-def translated(context: grpc.ServicerContext, method: str) -> Iterator[None]:
+def translated(context: grpc.ServicerContext, method: str, metrics: Any = None) -> Iterator[None]:
     """Run a servicer body; any domain error becomes its gRPC status and a log line."""
     try:
         yield
@@ -58,4 +60,4 @@ def translated(context: grpc.ServicerContext, method: str) -> Iterator[None]:
     except Exception as exc:
         if status_for(exc) is None:
             log.exception("internal error in %s", method)
-        abort(context, exc, method)
+        abort(context, exc, method, metrics)

@@ -23,10 +23,12 @@ from ..strategies.lora import dense_of
 from ..strategies.registry import make_rule
 from .config import CoordinatorConfig
 from .identity import Authorizer, RevocationList
-from .orchestrator import Orchestrator, RoundObserver
+from .metrics import Metrics
+from .orchestrator import Orchestrator
 from .publish import publish
 from .registry import FileModelStore
 from .servicer import AdminServicer, FederationServicer, ModelsServicer
+from .status_page import StatusServer, start_http
 
 log = logging.getLogger("fedquilt.coordinator")
 
@@ -64,18 +66,24 @@ class RunningCoordinator:
     store: FileModelStore
     stop_event: threading.Event
     threads: list[threading.Thread]
+    metrics: Metrics
+    http: StatusServer | None = None
+    http_port: int | None = None
 
     def stop(self, grace: float = 1.0) -> None:
         """Stop serving and the driver thread."""
         self.stop_event.set()
         self.server.stop(grace).wait()
+        if self.http is not None:
+            self.http.stop()
         for t in self.threads:
             t.join(timeout=5)
 
 
-def start(cfg: CoordinatorConfig, observer: RoundObserver | None = None, tick_seconds: float = 0.1) -> RunningCoordinator:
+def start(cfg: CoordinatorConfig, metrics: Metrics | None = None, tick_seconds: float = 0.1) -> RunningCoordinator:
     """Build everything from the configuration and start serving (non-blocking)."""
     fed = cfg.federation
+    metrics = metrics or Metrics()
     rule = make_rule(fed.rule, fed.rule_params)
     _check_rule(cfg, rule)
     if not cfg.secagg.enabled:
@@ -94,7 +102,7 @@ def start(cfg: CoordinatorConfig, observer: RoundObserver | None = None, tick_se
         secure_sum_factory = make_factory(cfg)
     orch = Orchestrator(rule=rule, fed=fed, secure=cfg.secagg.enabled, publisher=publisher, glob=glob,
                         rounds_done=rounds_done, global_version=version, secure_sum_factory=secure_sum_factory,
-                        observer=observer, online_window=max(60.0, 3 * cfg.server.long_poll_seconds))
+                        observer=metrics, online_window=max(60.0, 3 * cfg.server.long_poll_seconds))
     ca_pem = cfg.tls.ca.read_bytes()
     from cryptography import x509
 
@@ -106,9 +114,9 @@ def start(cfg: CoordinatorConfig, observer: RoundObserver | None = None, tick_se
                ("grpc.max_send_message_length", cfg.server.max_message_bytes)]
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=cfg.server.max_workers), options=options)
     pb_grpc.add_FederationServicer_to_server(
-        FederationServicer(orch, authz, cfg.server.max_upload_bytes, cfg.server.long_poll_seconds), server)
-    pb_grpc.add_ModelsServicer_to_server(ModelsServicer(store, authz), server)
-    pb_grpc.add_AdminServicer_to_server(AdminServicer(orch, authz), server)
+        FederationServicer(orch, authz, cfg.server.max_upload_bytes, cfg.server.long_poll_seconds, metrics), server)
+    pb_grpc.add_ModelsServicer_to_server(ModelsServicer(store, authz, metrics), server)
+    pb_grpc.add_AdminServicer_to_server(AdminServicer(orch, authz, metrics), server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     names = [d.full_name for d in pb.DESCRIPTOR.services_by_name.values()] + [health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
@@ -133,9 +141,15 @@ def start(cfg: CoordinatorConfig, observer: RoundObserver | None = None, tick_se
 
     driver = threading.Thread(target=drive, name="round-driver", daemon=True)
     driver.start()
+    metrics.bind(orch.status)
+    http, http_port = None, None
+    if cfg.server.metrics_listen:
+        http, http_port = start_http(cfg.server.metrics_listen, metrics, orch.status)
+        (cfg.state_dir / "status.port").write_text(str(http_port))
+        log.info("metrics and status page on http://%s:%d/status", cfg.server.metrics_listen.rsplit(":", 1)[0], http_port)
     log.info("coordinator listening on port %d (federation %s, rule %s, secure aggregation %s)", port, fed.name,
              fed.rule, "on" if cfg.secagg.enabled else "OFF", extra={"port": port})
-    return RunningCoordinator(server, port, orch, store, stop_event, [driver])
+    return RunningCoordinator(server, port, orch, store, stop_event, [driver], metrics, http, http_port)
 
 
 def serve(cfg: CoordinatorConfig, exit_when_done: bool = False) -> int:

@@ -12,6 +12,7 @@ from ..proto import federation_pb2 as pb
 from ..proto import federation_pb2_grpc as pb_grpc
 from ..proto import tensors_pb2 as tpb
 from .identity import Authorizer
+from .metrics import Direction, Metrics
 from .orchestrator import Orchestrator
 from .pki import Role
 from .registry import FileModelStore
@@ -29,15 +30,16 @@ def _task(a: Assignment) -> pb.Task:
 class FederationServicer(pb_grpc.FederationServicer):
     """The agents' service."""
 
-    def __init__(self, orch: Orchestrator, authz: Authorizer, max_upload_bytes: int, long_poll: float) -> None:
-        self.orch, self.authz = orch, authz
+    def __init__(self, orch: Orchestrator, authz: Authorizer, max_upload_bytes: int, long_poll: float,
+                 metrics: Metrics) -> None:
+        self.orch, self.authz, self.metrics = orch, authz, metrics
         self.max_upload_bytes, self.long_poll = max_upload_bytes, long_poll
 
     def _site(self, context: grpc.ServicerContext) -> SiteId:
         return SiteId(self.authz.check(context.auth_context(), Role.SITE).site_id)
 
     def Hello(self, request: pb.HelloRequest, context: grpc.ServicerContext) -> pb.HelloReply:
-        with translated(context, "Hello"):
+        with translated(context, "Hello", self.metrics):
             site = self._site(context)
             shapes = {k: tuple(int(d) for d in v.dims) for k, v in request.target_shapes.items()}
             if any(len(s) != 2 for s in shapes.values()) or not shapes:
@@ -48,13 +50,13 @@ class FederationServicer(pb_grpc.FederationServicer):
                                  rule=self.orch.fed.rule, last_step=last)
 
     def WaitForTask(self, request: pb.WaitRequest, context: grpc.ServicerContext) -> pb.Task:
-        with translated(context, "WaitForTask"):
+        with translated(context, "WaitForTask", self.metrics):
             site = self._site(context)
             wait = min(max(float(request.wait_seconds), 0.0), self.long_poll)
             return _task(self.orch.wait(site, int(request.after_step), wait))
 
     def Download(self, request: pb.DownloadRequest, context: grpc.ServicerContext) -> Iterator[tpb.Chunk]:
-        with translated(context, "Download"):
+        with translated(context, "Download", self.metrics):
             site = self._site(context)
             if request.what == pb.DownloadRequest.GLOBAL:
                 payload = self.orch.global_payload(site)
@@ -62,18 +64,20 @@ class FederationServicer(pb_grpc.FederationServicer):
                 payload = self.orch.broadcast_payload(site, request.round_id, int(request.phase))
             else:
                 raise codec.CodecError("Download.what must be GLOBAL or BROADCAST")
+        self.metrics.record_bytes(Direction.SENT, len(payload))
         yield from codec.chunks(payload)
 
     def Upload(self, request_iterator: Iterable[pb.UploadChunk], context: grpc.ServicerContext) -> pb.Ack:
-        with translated(context, "Upload"):
+        with translated(context, "Upload", self.metrics):
             site = self._site(context)
             header, payload = codec.read_upload(request_iterator, self.max_upload_bytes)
+            self.metrics.record_bytes(Direction.RECEIVED, len(payload))
             added = self.orch.upload(site, header.round_id, int(header.step), int(header.phase),
                                      tpb.Encoding.Name(header.encoding), codec.layout_from_pb(header.layout), payload)
             return pb.Ack(accepted=True, message="accepted" if added else "already received (identical retry)")
 
     def Submit(self, request: pb.SubmitRequest, context: grpc.ServicerContext) -> pb.Ack:
-        with translated(context, "Submit"):
+        with translated(context, "Submit", self.metrics):
             site = self._site(context)
             kind = Step(pb.StepKind.Name(request.kind)) if request.kind else None
             if kind is Step.TRAIN:
@@ -99,11 +103,11 @@ def _metrics(text: str) -> dict[str, Any]:
 class ModelsServicer(pb_grpc.ModelsServicer):
     """Consumers pull published versions."""
 
-    def __init__(self, store: FileModelStore, authz: Authorizer) -> None:
-        self.store, self.authz = store, authz
+    def __init__(self, store: FileModelStore, authz: Authorizer, metrics: Metrics) -> None:
+        self.store, self.authz, self.metrics = store, authz, metrics
 
     def ListVersions(self, request: pb.ListVersionsRequest, context: grpc.ServicerContext) -> pb.VersionList:
-        with translated(context, "ListVersions"):
+        with translated(context, "ListVersions", self.metrics):
             self.authz.check(context.auth_context(), _ANY_ROLE)
             out = []
             for version in self.store.versions(request.model):
@@ -114,7 +118,7 @@ class ModelsServicer(pb_grpc.ModelsServicer):
             return pb.VersionList(versions=out)
 
     def Pull(self, request: pb.PullRequest, context: grpc.ServicerContext) -> Iterator[pb.FileChunk]:
-        with translated(context, "Pull"):
+        with translated(context, "Pull", self.metrics):
             self.authz.check(context.auth_context(), _ANY_ROLE)
             version = self.store.resolve(request.model, request.version or "latest")
             manifest = self.store.manifest(request.model, version)
@@ -130,16 +134,16 @@ class ModelsServicer(pb_grpc.ModelsServicer):
 class AdminServicer(pb_grpc.AdminServicer):
     """Operator RPCs (admin certificates only)."""
 
-    def __init__(self, orch: Orchestrator, authz: Authorizer) -> None:
-        self.orch, self.authz = orch, authz
+    def __init__(self, orch: Orchestrator, authz: Authorizer, metrics: Metrics) -> None:
+        self.orch, self.authz, self.metrics = orch, authz, metrics
 
     def Status(self, request: pb.StatusRequest, context: grpc.ServicerContext) -> pb.StatusReply:
-        with translated(context, "Status"):
+        with translated(context, "Status", self.metrics):
             self.authz.check(context.auth_context(), Role.ADMIN)
             return pb.StatusReply(json=json.dumps(self.orch.status()))
 
     def ListSites(self, request: pb.ListSitesRequest, context: grpc.ServicerContext) -> pb.SiteList:
-        with translated(context, "ListSites"):
+        with translated(context, "ListSites", self.metrics):
             self.authz.check(context.auth_context(), Role.ADMIN)
             sites = self.orch.status()["sites"]
             return pb.SiteList(sites=[pb.SiteInfo(site_id=s["site"], online=s["online"], num_samples=s["num_samples"],
@@ -147,7 +151,7 @@ class AdminServicer(pb_grpc.AdminServicer):
                                       for s in sites])
 
     def SetFederationState(self, request: pb.FederationStateRequest, context: grpc.ServicerContext) -> pb.StatusReply:
-        with translated(context, "SetFederationState"):
+        with translated(context, "SetFederationState", self.metrics):
             self.authz.check(context.auth_context(), Role.ADMIN)
             self.orch.set_running(bool(request.running))
             return pb.StatusReply(json=json.dumps(self.orch.status()))
