@@ -11,10 +11,12 @@ wraps the copy in a PEFT LoRA model on the full target names (``lora_alpha = s·
 plan says. ``fit`` runs the loop and reads the result back as a ``LocalUpdate``: the LoRA pairs
 PEFT holds, or W_after − W_before per target.
 
-The loop is built for a differential-privacy wrapper to slot in: the model is on its device
-before ``_prepare(model, optimizer, loader)`` is called (identity here; Opacus's
-``PrivacyEngine.make_private`` belongs there), batches are dicts of tensors, and ``_loss`` is
-the single place the loss is computed. Results are always read from the unwrapped model.
+The loop is built for a differential-privacy wrapper to slot in (a subclass): the model is on
+its device before ``_prepare(model, optimizer, loader)`` is called (identity here; Opacus's
+``PrivacyEngine.make_private`` belongs there, with ``self.planned_steps`` already set), batches
+are dicts of tensors, ``_loss`` is the single place the loss is computed and
+``_clip_gradients`` the single place batch gradients are clipped. Results are always read from
+the unwrapped model, so a wrapper may return any module that forwards to it.
 
 Several GPUs: start one agent process per GPU with ``torchrun --nproc-per-node=G`` or
 ``accelerate launch``. ``device="auto"`` then picks ``cuda:$LOCAL_RANK``; a subclass overrides
@@ -125,6 +127,8 @@ class LoraTrainer:
         self._targets = target_shapes(base, target_modules)
         self._seed = seed
         self._rounds = 0
+        self.planned_steps = 0
+        """Optimizer steps of the current ``fit``, set before ``_prepare`` (a DP wrapper needs it)."""
 
     def target_names(self) -> dict[str, tuple[int, int]]:
         """Full module names matching the target suffixes -> (d_out, k_in) of their weights."""
@@ -208,8 +212,9 @@ class LoraTrainer:
         params = [p for p in model.parameters() if p.requires_grad]
         optimizer = _optimizer(params, hp)
         loader = self._loader(data, hp.batch_size, shuffle=True)
-        wrapped, optimizer, loader = self._prepare(model, optimizer, loader)
         steps = hp.local_steps if hp.local_steps is not None else (hp.epochs or 1) * len(loader)
+        self.planned_steps = steps
+        wrapped, optimizer, loader = self._prepare(model, optimizer, loader)
         losses = self._loop(wrapped, optimizer, loader, params, hp, steps, progress)
         loss_after = self.evaluate(model, data, hp)
         if plan.dense:
@@ -238,8 +243,7 @@ class LoraTrainer:
                 with self.placement.autocast_context():
                     loss = self._loss(model, batch)
                 loss.backward()  # type: ignore[no-untyped-call, unused-ignore]
-                if hp.max_grad_norm is not None:
-                    torch.nn.utils.clip_grad_norm_(params, hp.max_grad_norm)
+                self._clip_gradients(params, hp)
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
                 losses.append(float(loss.detach()))
@@ -252,6 +256,11 @@ class LoraTrainer:
     ) -> tuple[torch.nn.Module, torch.optim.Optimizer, DataLoader[Batch]]:
         """Hook for wrappers (DP-SGD, DDP, accelerate); the model is already on its device."""
         return model, optimizer, loader
+
+    def _clip_gradients(self, params: list[torch.nn.Parameter], hp: TrainHyper) -> None:
+        """Clip the batch gradient to ``hp.max_grad_norm`` (a DP wrapper clips per sample instead)."""
+        if hp.max_grad_norm is not None:
+            torch.nn.utils.clip_grad_norm_(params, hp.max_grad_norm)
 
     def _loss(self, model: torch.nn.Module, batch: Batch) -> torch.Tensor:
         """Mean loss of one batch (the model computes it from ``batch["labels"]``)."""

@@ -179,6 +179,46 @@ def test_seq_cls_trains_the_head_as_a_target(tiny_cls_workspace: Workspace, tmp_
         assert torch.allclose(peft(**inputs).logits, merged(**inputs).logits, atol=1e-5, rtol=0)
 
 
+class Wrapped(torch.nn.Module):
+    def __init__(self, inner: torch.nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, **batch: torch.Tensor) -> Any:
+        return self.inner(**batch)
+
+
+class HookedTrainer(LoraTrainer):
+    """What a DP subclass does: wrap in ``_prepare``, own the loss."""
+
+    seen: dict[str, Any] = {}
+
+    def _prepare(self, model: torch.nn.Module, optimizer: Any, loader: Any) -> Any:
+        self.seen.update(model=model, optimizer=optimizer, steps=self.planned_steps)
+        self.seen["devices"] = {p.device.type for p in model.parameters()}
+        return Wrapped(model), optimizer, loader
+
+    def _loss(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        self.seen["wrapped"] = isinstance(model, Wrapped) or self.seen.get("wrapped", False)
+        return super()._loss(model, batch)
+
+
+def test_prepare_hook_seam(tiny_workspace: Workspace, data: TokenizedDataset) -> None:
+    t = HookedTrainer(tiny_workspace.model_dir, "causal-lm", TARGETS, device="cpu", seed=0)
+    plan = TrainingPlan(rank=4, scaling=2.0)
+    model = t.prepare(plan)
+    res = t.fit(model, plan, data, HP, progress=False)
+    seen = t.seen
+    assert seen["model"] is model and seen["steps"] == 8 and seen["devices"] == {"cpu"} and seen["wrapped"]
+    trainable = {id(p) for p in model.parameters() if p.requires_grad}
+    in_optimizer = {id(p) for g in seen["optimizer"].param_groups for p in g["params"]}
+    assert trainable == in_optimizer and len(trainable) == 2 * len(TARGETS) * 2
+    state = get_peft_model_state_dict(model)
+    assert res.update.adapter is not None
+    assert all(torch.equal(f.B, state[f"base_model.model.{n}.lora_B.weight"]) for n, f in res.update.adapter.items())
+    assert all(float(f.B.abs().max()) > 0 for f in res.update.adapter.values())
+
+
 def test_same_seed_same_update(tiny_workspace: Workspace, data: TokenizedDataset) -> None:
     runs = [
         LoraTrainer(tiny_workspace.model_dir, "causal-lm", ["q_proj"], device="cpu", seed=5).train(
