@@ -64,6 +64,8 @@ class AgentConfig(_Strict):
     dp: dict[str, Any] | None = None
     """Differential privacy (see docs/privacy.md); absent = no DP."""
     seed: int | None = None
+    keep_submissions: bool = False
+    """Audit copy: keep every vector this site submitted (before masking) under state_dir/submissions."""
 
 
 def load_agent_config(path: Path, environ: dict[str, str] | None = None) -> AgentConfig:

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 import grpc
+import numpy as np
 import torch
 
 from ..proto import codec
@@ -51,10 +52,12 @@ class AgentLoop:
 
     def __init__(self, transport: Any, trainer: Trainer, data: Any, hello: pb.HelloRequest, alpha: float,
                  state_dir: Path, eval_data: Any = None, privacy: Any = None,
-                 secure_sum: Callable[..., Any] | None = None, progress: bool = True) -> None:
+                 secure_sum: Callable[..., Any] | None = None, progress: bool = True,
+                 keep_submissions: bool = False) -> None:
         self.transport, self.trainer, self.data, self.eval_data = transport, trainer, data, eval_data
         self.hello_req, self.alpha, self.privacy, self.progress = hello, alpha, privacy, progress
         self.secure_sum = secure_sum
+        self.keep_submissions = keep_submissions
         self.state_dir = state_dir
         state_dir.mkdir(parents=True, exist_ok=True)
         self.rule_state: dict[str, Any] = self._load_rule_state()
@@ -172,6 +175,7 @@ class AgentLoop:
     def _upload_plain(self, task: pb.Task) -> None:
         work = self._current(task)
         vectors = self._vectors(work, task.phase, work.ctx)
+        self.audit(task.round_id, task.phase, vectors)
         ack = self.transport.upload_tensors(task.round_id, task.step, task.phase, vectors)
         log.info("round %d phase %d: uploaded %d tensors (%s)", work.spec.round, task.phase, len(vectors), ack.message)
 
@@ -180,6 +184,14 @@ class AgentLoop:
             raise RuntimeError("the coordinator runs secure aggregation but this agent has no secure-sum client")
         work = self._current(task)
         self.secure_sum(self, work, task)
+
+    def audit(self, round_id: str, phase: int, vectors: Mapping[str, Any]) -> None:
+        """Keep a plaintext copy of what this site submits (only with ``keep_submissions``)."""
+        if self.keep_submissions:
+            folder = self.state_dir / "submissions"
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / f"{round_id}-phase{phase}.safetensors").write_bytes(codec.encode_tensors(
+                {k: np.asarray(v) for k, v in vectors.items()}))
 
     # ---- persistent rule state (e.g. Fed-ALoRA's local A) -------------------------------------
 

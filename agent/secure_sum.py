@@ -57,7 +57,9 @@ class SecureSumClient:
             reply = session.handle(codec.decode_secagg("AdvertisementsRelay", task.payload))
             assert session.session_id is not None
             bound = dataclasses.replace(work.ctx, session=session.session_id)
-            session.set_input(self._vectors(loop, work, task.phase, bound))
+            vectors = self._vectors(loop, work, task.phase, bound)
+            loop.audit(task.round_id, task.phase, vectors)
+            session.set_input(vectors)
             self._submit(loop, task, reply)
         elif kind == pb.SECAGG_MASKED:
             session = self._session(task)

@@ -279,6 +279,8 @@ class LoraTrainer:
                     total += float(self._loss(model, self._to_device(batch))) * size
                 count += size
         model.train(was_training)
+        if count == 0:
+            raise TrainerError("cannot evaluate on an empty dataset")
         return total / count
 
     def _loader(self, data: Dataset[Batch], batch_size: int, shuffle: bool) -> DataLoader[Batch]:

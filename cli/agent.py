@@ -58,7 +58,7 @@ def build_loop(config_path: Path, progress: bool = True) -> Any:
 
     secure = SecureSumClient(cfg.tls.ca.read_bytes(), cfg.tls.cert.read_bytes(), cfg.tls.key.read_bytes())
     return AgentLoop(transport, trainer, data, hello, cfg.model.alpha, cfg.state_dir, eval_data=eval_data,
-                     privacy=privacy, secure_sum=secure, progress=progress)
+                     privacy=privacy, secure_sum=secure, progress=progress, keep_submissions=cfg.keep_submissions)
 
 
 def _run(args: argparse.Namespace) -> int:

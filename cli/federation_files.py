@@ -48,6 +48,8 @@ def write_federation(
     min_sites: int | None = None,
     timeouts: tuple[float, float] = (300.0, 60.0),
     model: str = "demo-adapter",
+    keep_submissions: bool = False,
+    secagg_options: dict[str, Any] | None = None,
 ) -> FederationFiles:
     """Create the CA, certificates and TOML configs for one coordinator and ``len(ws.sites)`` agents."""
     ca_dir = root / "ca"
@@ -67,7 +69,7 @@ def write_federation(
             "train": train or {"local_steps": 12, "batch_size": 8, "lr": 3e-3},
             "train_timeout": timeouts[0], "stage_timeout": timeouts[1], "wait_for_sites": 30.0, "seed": 0,
         },
-        "secagg": {"enabled": secagg},
+        "secagg": {"enabled": secagg, **(secagg_options or {})},
     }
     coordinator_config = root / "coordinator" / "coordinator.toml"
     coordinator_config.write_text(tomli_w.dumps(config))
@@ -77,6 +79,7 @@ def write_federation(
         agent: dict[str, Any] = {
             "state_dir": str(root / site.name / "state"),
             "seed": i,
+            "keep_submissions": keep_submissions,
             "coordinator": {"address": "PORT-NOT-YET-KNOWN", "server_name": "localhost", "max_backoff": 2.0},
             "tls": {"ca": str(paths.ca), "cert": str(paths.cert), "key": str(paths.key)},
             "model": {"dir": str(ws.model_dir), "task": ws.task, "rank": (ranks or [4] * n)[i], "alpha": alpha,

@@ -36,3 +36,5 @@ def configure_logging(level: str = "INFO", json_lines: bool = False) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    # Optional CPU kernels of a transitive dependency announce themselves at WARNING on every start.
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
