@@ -292,7 +292,7 @@ def noise_for(cfg: DPConfig, sample_rate: float, steps: int) -> float:
     if cfg.target_epsilon is None or cfg.planned_rounds is None:
         raise ValueError("target_epsilon and planned_rounds are required to calibrate noise")
     return _calibrated(cfg.target_epsilon, cfg.delta, sample_rate, cfg.planned_rounds * steps,
-                       cfg.accountant)  # fmt: skip
+                       cfg.accountant)
 
 
 @functools.lru_cache(maxsize=64)
@@ -303,7 +303,7 @@ def _calibrated(epsilon: float, delta: float, q: float, steps: int, acc: Account
         sigma = get_noise_multiplier(
             target_epsilon=epsilon, target_delta=delta, sample_rate=q, steps=steps,
             accountant=acc.value,
-        )  # fmt: skip
+        )
     return float(sigma)
 
 
@@ -313,7 +313,7 @@ class PrivateRun:
     def __init__(
         self, engine: Any, hooks: Any, model: nn.Module, optimizer: Any, loader: Any,
         criterion: Any, cfg: DPConfig, ledger: PrivacyLedger, steps: int, noise: float,
-    ) -> None:  # fmt: skip
+    ) -> None:
         """Built by ``make_private``; not meant to be constructed directly."""
         self.engine, self._hooks, self.model = engine, hooks, model
         self.optimizer, self.loader, self.criterion = optimizer, loader, criterion
@@ -345,6 +345,22 @@ class PrivateRun:
             raise KeyError(f"batch has no 'labels' (keys: {sorted(batch)})")
         return self.criterion(logits, batch["labels"])
 
+    @staticmethod
+    def is_empty(batch: Mapping[str, Any]) -> bool:
+        """True for an empty Poisson batch: call ``empty_step()`` instead of the forward pass."""
+        first = next((v for v in batch.values() if isinstance(v, torch.Tensor)), None)
+        return first is not None and first.shape[0] == 0
+
+    def empty_step(self) -> None:
+        """A noise-only DP step for an empty batch (skipping it would reveal that it was empty)."""
+        for p in self.optimizer.params:
+            if self.cfg.mode is ClipMode.GHOST:
+                p.grad = torch.zeros_like(p)
+            else:
+                p.grad_sample = torch.zeros((0, *p.shape), dtype=p.dtype, device=p.device)
+        self.optimizer.step()
+        self.optimizer.zero_grad()
+
     @property
     def steps_taken(self) -> int:
         """DP optimizer steps taken in this round so far."""
@@ -371,7 +387,7 @@ class PrivateRun:
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None,
         tb: TracebackType | None,
-    ) -> None:  # fmt: skip
+    ) -> None:
         """Record whatever steps were taken (noise already spent counts)."""
         self.finish()
 
@@ -415,7 +431,7 @@ def make_private(
                 noise_multiplier=noise, max_grad_norm=cfg.max_grad_norm,
                 poisson_sampling=cfg.poisson_sampling, grad_sample_mode=cfg.mode.value,
                 noise_generator=noise_generator, wrap_model=False,
-            )  # fmt: skip
+            )
     except (UnsupportedError, NotImplementedError) as e:
         raise UnsupportedConfiguration(f"Opacus cannot train this model privately: {e}") from e
     if cfg.mode is ClipMode.GHOST:
@@ -430,7 +446,7 @@ def make_private(
 def clip_and_noise_update(
     vectors: dict[str, np.ndarray], clip: float, sigma: float, n_sites: int,
     rng: np.random.Generator,
-) -> tuple[dict[str, np.ndarray], bool]:  # fmt: skip
+) -> tuple[dict[str, np.ndarray], bool]:
     """Clip the whole update to L2 norm ``clip``; add this site's N(0, (σ·clip)²/n_sites) share.
 
     Summed over ``n_sites`` sites (SecAgg) the noise has std σ·clip. Weak below a few dozen

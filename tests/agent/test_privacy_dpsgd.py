@@ -34,7 +34,7 @@ def tiny_lora(targets: tuple[str, ...] = ("q_proj", "v_proj"), seed: int = 0) ->
     cfg = LlamaConfig(
         vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=32,
-    )  # fmt: skip
+    )
     lora = LoraConfig(
         r=4, lora_alpha=8, target_modules=list(targets), lora_dropout=0.0, init_lora_weights=False
     )
@@ -77,7 +77,7 @@ def test_zero_noise_huge_clip_equals_plain_sgd(mode: str, tmp_path: Path) -> Non
     private, plain = tiny_lora(), tiny_lora()
     cfg = DPConfig(noise_multiplier=0.0, max_grad_norm=1e6, mode=mode, poisson_sampling=False)
     run = make_private(private, sgd(private), DataLoader(data, batch_size=6), cfg,
-                       PrivacyLedger(tmp_path / "l.json"), steps=1)  # fmt: skip
+                       PrivacyLedger(tmp_path / "l.json"), steps=1)
     train_round(run, 1)
     # Reference: each record's own HF loss (token mean within the record), averaged over records.
     opt = sgd(plain)
@@ -97,7 +97,7 @@ def test_clipping_is_active_with_small_norm(tmp_path: Path) -> None:
     private, plain = tiny_lora(), tiny_lora()
     cfg = DPConfig(noise_multiplier=0.0, max_grad_norm=1e-3, poisson_sampling=False)
     run = make_private(private, sgd(private), DataLoader(data, batch_size=6), cfg,
-                       PrivacyLedger(tmp_path / "l.json"), steps=1)  # fmt: skip
+                       PrivacyLedger(tmp_path / "l.json"), steps=1)
     train_round(run, 1)
     opt = sgd(plain)
     sum(plain(input_ids=r["input_ids"][None], labels=r["labels"][None]).loss for r in data).backward()
@@ -170,7 +170,7 @@ def test_more_steps_than_cleared_are_refused(tmp_path: Path) -> None:
     model = tiny_lora()
     cfg = DPConfig(noise_multiplier=1.0)
     run = make_private(model, sgd(model), DataLoader(records(16), batch_size=4), cfg,
-                       PrivacyLedger(tmp_path / "l.json"), steps=2)  # fmt: skip
+                       PrivacyLedger(tmp_path / "l.json"), steps=2)
     train_round(run, 2)
     after_two = lora_params(model)
     with pytest.raises(StepLimitExceeded, match="cleared 2 DP steps"):
@@ -186,7 +186,7 @@ def test_lora_weights_change_under_dp(mode: str, tmp_path: Path) -> None:
     before = lora_params(model)
     cfg = DPConfig(noise_multiplier=1.0, max_grad_norm=1.0, mode=mode)
     run = make_private(model, sgd(model, lr=0.1), DataLoader(records(16), batch_size=4), cfg,
-                       PrivacyLedger(tmp_path / "l.json"), steps=3)  # fmt: skip
+                       PrivacyLedger(tmp_path / "l.json"), steps=3)
     train_round(run, 3)
     run.finish()
     after = lora_params(model)
@@ -200,7 +200,7 @@ def test_embedding_lora_is_refused(tmp_path: Path) -> None:
     model = tiny_lora(targets=("embed_tokens", "q_proj"))
     with pytest.raises(UnsupportedConfiguration, match="LoRA on embedding layers"):
         make_private(model, sgd(model), DataLoader(records(8), batch_size=4),
-                     DPConfig(noise_multiplier=1.0), PrivacyLedger(tmp_path / "l.json"), 1)  # fmt: skip
+                     DPConfig(noise_multiplier=1.0), PrivacyLedger(tmp_path / "l.json"), 1)
 
 
 def test_mixed_devices_are_refused(tmp_path: Path) -> None:
@@ -210,7 +210,7 @@ def test_mixed_devices_are_refused(tmp_path: Path) -> None:
     setattr(owner, leaf, torch.nn.Parameter(torch.empty_like(getattr(owner, leaf), device="meta")))
     with pytest.raises(UnsupportedConfiguration, match="move the whole model to its device"):
         make_private(model, sgd(model), DataLoader(records(8), batch_size=4),
-                     DPConfig(noise_multiplier=1.0), PrivacyLedger(tmp_path / "l.json"), 1)  # fmt: skip
+                     DPConfig(noise_multiplier=1.0), PrivacyLedger(tmp_path / "l.json"), 1)
 
 
 def test_parameters_missing_from_optimizer_are_refused(tmp_path: Path) -> None:
@@ -218,4 +218,21 @@ def test_parameters_missing_from_optimizer_are_refused(tmp_path: Path) -> None:
     stale = copy.deepcopy(model)  # optimizer built on another copy: the real weights never move
     with pytest.raises(UnsupportedConfiguration, match="not in the optimizer"):
         make_private(model, sgd(stale), DataLoader(records(8), batch_size=4),
-                     DPConfig(noise_multiplier=1.0), PrivacyLedger(tmp_path / "l.json"), 1)  # fmt: skip
+                     DPConfig(noise_multiplier=1.0), PrivacyLedger(tmp_path / "l.json"), 1)
+
+
+@pytest.mark.parametrize("mode", ["hooks", "ghost"])
+def test_empty_poisson_batch_takes_a_noise_only_step(mode: str, tmp_path: Path) -> None:
+    model, lr, sigma, clip = tiny_lora(), 0.5, 2.0, 0.5
+    cfg = DPConfig(noise_multiplier=sigma, max_grad_norm=clip, mode=mode)
+    run = make_private(model, sgd(model, lr=lr), DataLoader(records(16), batch_size=4), cfg,
+                       PrivacyLedger(tmp_path / "l.json"), steps=1)
+    empty = {"input_ids": torch.zeros((0, SEQ), dtype=torch.long)}
+    assert run.is_empty(empty) and not run.is_empty(records(1)[0] | {"input_ids": torch.ones(1, 3)})
+    before = lora_params(model)
+    run.empty_step()
+    moved = torch.cat([(lora_params(model)[n] - before[n]).flatten() for n in before])
+    # update = -lr * N(0, (σC)²) / expected_batch_size, expected batch = 16 * 1/4
+    assert float(moved.std()) == pytest.approx(lr * sigma * clip / 4, rel=0.1)
+    assert abs(float(moved.mean())) < 0.02
+    assert run.finish()[0] > 0 and run.ledger.history == [(sigma, 0.25, 1)]
