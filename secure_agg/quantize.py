@@ -36,16 +36,24 @@ class _Scratch:
         self.flag = np.empty(chunk, np.bool_)
 
 
-def _quantize_chunk(src: npt.NDArray[np.floating], dst: npt.NDArray[np.signedinteger],
-                    bound: float, scale: float, noise: Keystream, s: _Scratch) -> int:
-    m = src.shape[0]
-    t, u, flag = s.value[:m], s.noise[:m], s.flag[:m]
-    np.multiply(src, scale, out=t)
+def _clip_scaled(t: npt.NDArray[np.float64], bound: float, flag: npt.NDArray[np.bool_]) -> int:
+    """Clip scaled values to ``[-bound, bound]`` in place; return how many were outside."""
+    if math.isnan(float(np.add.reduce(t))):
+        raise InputError("input contains NaN")
     clipped = int(np.count_nonzero(np.greater(t, bound, out=flag)))
     clipped += int(np.count_nonzero(np.less(t, -bound, out=flag)))
     np.clip(t, -bound, bound, out=t)
-    if math.isnan(float(np.add.reduce(t))):
-        raise InputError("input contains NaN")
+    return clipped
+
+
+def _quantize_chunk(src: npt.NDArray[np.floating], dst: npt.NDArray[np.signedinteger],
+                    clip: float, scale: float, noise: Keystream, s: _Scratch) -> int:
+    m = src.shape[0]
+    t, u = s.value[:m], s.noise[:m]
+    # Two cheap reductions decide whether clipping is needed at all; NaN makes the test fail too.
+    inside = -clip <= float(np.minimum.reduce(src)) and float(np.maximum.reduce(src)) <= clip
+    np.multiply(src, scale, out=t)  # exact: scale is a power of two
+    clipped = 0 if inside else _clip_scaled(t, clip * scale, s.flag[:m])
     np.multiply(noise.read(m, np.uint32), _NOISE_UNIT, out=u)
     np.add(t, u, out=t)
     np.floor(t, out=t)
@@ -67,7 +75,7 @@ def quantize_into(values: npt.ArrayLike, out: RingArray, *, clip: float, scale: 
     clipped = 0
     for start in range(0, src.shape[0], _CHUNK):
         stop = min(start + _CHUNK, src.shape[0])
-        clipped += _quantize_chunk(src[start:stop], signed[start:stop], clip * scale, scale, noise, scratch)
+        clipped += _quantize_chunk(src[start:stop], signed[start:stop], clip, scale, noise, scratch)
     return clipped
 
 
