@@ -345,19 +345,33 @@ class PrivateRun:
             raise KeyError(f"batch has no 'labels' (keys: {sorted(batch)})")
         return self.criterion(logits, batch["labels"])
 
+    def batch_loss(self, model: nn.Module, batch: Mapping[str, Any]) -> Any:
+        """Forward ``batch`` (minus labels) and return ``loss``; an empty batch gives ``empty_loss``."""
+        if self.is_empty(batch):
+            return self.empty_loss()
+        return self.loss(model(**{k: v for k, v in batch.items() if k != "labels"}), batch)
+
     @staticmethod
     def is_empty(batch: Mapping[str, Any]) -> bool:
-        """True for an empty Poisson batch: call ``empty_step()`` instead of the forward pass."""
+        """True for an empty Poisson batch (models cannot run on it: use ``empty_loss``)."""
         first = next((v for v in batch.values() if isinstance(v, torch.Tensor)), None)
         return first is not None and first.shape[0] == 0
 
-    def empty_step(self) -> None:
-        """A noise-only DP step for an empty batch (skipping it would reveal that it was empty)."""
+    def empty_loss(self) -> torch.Tensor:
+        """A zero loss that makes the next ``optimizer.step()`` a noise-only DP step.
+
+        Skipping the step of an empty batch instead would reveal that the batch was empty.
+        """
         for p in self.optimizer.params:
             if self.cfg.mode is ClipMode.GHOST:
                 p.grad = torch.zeros_like(p)
             else:
                 p.grad_sample = torch.zeros((0, *p.shape), dtype=p.dtype, device=p.device)
+        return torch.zeros((), requires_grad=True)
+
+    def empty_step(self) -> None:
+        """``empty_loss().backward()``, ``optimizer.step()``, ``optimizer.zero_grad()``."""
+        self.empty_loss().backward()  # type: ignore[no-untyped-call, unused-ignore]
         self.optimizer.step()
         self.optimizer.zero_grad()
 
