@@ -185,22 +185,24 @@ class PrivacyLedger:
             # Never fall back to an empty ledger: that would silently reset the budget.
             raise PrivacyError(f"privacy ledger {self.path} is unreadable: {e}") from e
 
-    def epsilon(self, delta: float) -> float:
-        """ε spent so far over every recorded round."""
-        return accountant_epsilon(self.history, delta, self.accountant)
+    def epsilon(self, delta: float, accountant: Accountant | None = None) -> float:
+        """ε spent so far over every recorded round (``accountant`` defaults to the ledger's)."""
+        return accountant_epsilon(self.history, delta, accountant or self.accountant)
 
     def projected_epsilon(
-        self, steps: int, sample_rate: float, noise_multiplier: float, delta: float
+        self, steps: int, sample_rate: float, noise_multiplier: float, delta: float,
+        accountant: Accountant | None = None,
     ) -> float:
         """ε after a hypothetical further round of ``steps`` steps."""
-        extra = [(noise_multiplier, sample_rate, steps)]
-        return accountant_epsilon(_merged(self.history, extra), delta, self.accountant)
+        history = _merged(self.history, [(noise_multiplier, sample_rate, steps)])
+        return accountant_epsilon(history, delta, accountant or self.accountant)
 
     def would_exceed(
-        self, steps: int, sample_rate: float, noise_multiplier: float, budget: float, delta: float
+        self, steps: int, sample_rate: float, noise_multiplier: float, budget: float, delta: float,
+        accountant: Accountant | None = None,
     ) -> float | None:
         """The ε a further round would reach if that is above ``budget``, else ``None``."""
-        eps = self.projected_epsilon(steps, sample_rate, noise_multiplier, delta)
+        eps = self.projected_epsilon(steps, sample_rate, noise_multiplier, delta, accountant)
         return eps if eps > budget else None
 
     def record(self, entries: Sequence[HistoryEntry]) -> None:
@@ -268,6 +270,12 @@ def check_model(model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
         raise UnsupportedConfiguration(
             f"LoRA on embedding layers is not supported under DP (Opacus computes no per-sample "
             f"gradients for it): {embedding_lora[0]}; drop embedding modules from target_modules"
+        )
+    dora = [n for n, _ in trainable if "lora_magnitude_vector" in n]
+    if dora:
+        raise UnsupportedConfiguration(
+            f"DoRA (use_dora=True) is not supported under DP (Opacus computes no per-sample "
+            f"gradients for its magnitude vectors): {dora[0]}"
         )
     first_name, first = trainable[0]
     for name, p in trainable:
@@ -346,7 +354,7 @@ class PrivateRun:
         return self.criterion(logits, batch["labels"])
 
     def batch_loss(self, model: nn.Module, batch: Mapping[str, Any]) -> Any:
-        """Forward ``batch`` (minus labels) and return ``loss``; an empty batch gives ``empty_loss``."""
+        """Forward ``batch`` (minus labels) and return ``loss`` (``empty_loss`` if it is empty)."""
         if self.is_empty(batch):
             return self.empty_loss()
         return self.loss(model(**{k: v for k, v in batch.items() if k != "labels"}), batch)
@@ -376,22 +384,27 @@ class PrivateRun:
         self.optimizer.zero_grad()
 
     @property
+    def round_history(self) -> list[HistoryEntry]:
+        """This round's accountant entries so far."""
+        return [(float(s), float(q), int(n)) for s, q, n in self.engine.accountant.history]
+
+    @property
     def steps_taken(self) -> int:
         """DP optimizer steps taken in this round so far."""
-        return sum(int(n) for _, _, n in self.engine.accountant.history)
+        return sum(n for _, _, n in self.round_history)
 
     def epsilon(self) -> float:
         """ε over every recorded round plus this round's steps so far."""
-        extra = [(float(s), float(q), int(n)) for s, q, n in self.engine.accountant.history]
-        history = _merged(self.ledger.history, extra)
-        return accountant_epsilon(history, self.cfg.delta, self.ledger.accountant)
+        history = _merged(self.ledger.history, self.round_history)
+        return accountant_epsilon(history, self.cfg.delta, self.cfg.accountant)
 
     def finish(self) -> tuple[float, float]:
         """Record the steps taken, save the ledger, detach Opacus; (ε, δ) over all rounds."""
         if self._result is None:
-            self.ledger.record([(float(s), float(q), int(n)) for s, q, n in self.engine.accountant.history])
+            self.ledger.record(self.round_history)
             self._hooks.cleanup()
-            self._result = (self.ledger.epsilon(self.cfg.delta), self.cfg.delta)
+            eps = self.ledger.epsilon(self.cfg.delta, self.cfg.accountant)
+            self._result = (eps, self.cfg.delta)
         return self._result
 
     def __enter__(self) -> PrivateRun:
@@ -430,7 +443,7 @@ def make_private(
     noise = noise_for(cfg, sample_rate, steps)
     budget = cfg.budget
     if budget is not None:
-        eps = ledger.would_exceed(steps, sample_rate, noise, budget, cfg.delta)
+        eps = ledger.would_exceed(steps, sample_rate, noise, budget, cfg.delta, cfg.accountant)
         if eps is not None:
             raise BudgetExhausted(
                 f"site privacy budget spent: ε would reach {eps:.2f} after round "
@@ -483,7 +496,7 @@ def clip_and_noise_update(
 
 
 def site_level_epsilon(sigma: float, rounds: int, sample_rate: float, delta: float) -> float:
-    """ε of site-level DP after ``rounds`` rounds with cohort sampling rate ``sample_rate`` (RDP)."""
+    """Site-level ε after ``rounds`` rounds at cohort sampling rate ``sample_rate`` (RDP)."""
     if sigma == 0:
         return math.inf
     acc = RDPAccountant()

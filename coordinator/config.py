@@ -63,6 +63,9 @@ class FederationConfig(_Strict):
     rule_params: dict[str, Any] = Field(default_factory=dict)
     rounds: int = Field(3, ge=1)
     min_sites: int = Field(2, ge=1)
+    """Online sites needed to open a round."""
+    min_contributors: int | None = None
+    """Contributions a round needs to be published (default: min(2, min_sites)); SecAgg's threshold also applies."""
     cohort_size: int | None = None
     """Sites sampled per round (default: every online site)."""
     train: dict[str, Any] = Field(default_factory=dict)

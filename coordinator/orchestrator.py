@@ -75,6 +75,8 @@ class RoundRecord:
     collector: Any = None
     trained: dict[SiteId, dict[str, Any]] = field(default_factory=dict)
     broadcasts: dict[int, bytes] = field(default_factory=dict)
+    """Encoded broadcast sent to sites before each phase (the coordinator keeps the decoded one too)."""
+    broadcast_objs: dict[int, Broadcast] = field(default_factory=dict)
     started: float = 0.0
 
 
@@ -320,10 +322,10 @@ class Orchestrator:
         return {"weight_scale": float(sum(self.sites[s].num_samples for s in cohort))}
 
     def _min_participants(self, rnd: RoundRecord) -> int:
-        need = self.fed.min_sites
-        if rnd.spec.secagg is not None and "threshold" in rnd.spec.secagg:
-            need = max(need, int(rnd.spec.secagg["threshold"]))
-        return need
+        # The secure sum enforces its own threshold t on top of this.
+        if self.fed.min_contributors is not None:
+            return int(self.fed.min_contributors)
+        return min(2, self.fed.min_sites)
 
     def _end_training(self, rnd: RoundRecord, now: float) -> None:
         rnd.participants = set(rnd.trained)
@@ -383,12 +385,14 @@ class Orchestrator:
             if isinstance(self.rule, IndividualRule):
                 outcome: Broadcast | Aggregate = self.rule.combine_individual(collector.individual, ctx, self.glob)
             else:
-                outcome = self.rule.combine(rnd.phase, collector.result(), ctx, self.glob)
+                outcome = self.rule.combine(rnd.phase, collector.result(), ctx, self.glob,
+                                            broadcast=rnd.broadcast_objs.get(rnd.phase))
         except (ValueError, ArithmeticError) as exc:
             self._discard(rnd, f"aggregation failed: {exc}")
             return
         if isinstance(outcome, Broadcast):
             rnd.broadcasts[rnd.phase + 1] = encode_tensors(dict(outcome.tensors))
+            rnd.broadcast_objs[rnd.phase + 1] = outcome
             self._start_phase(rnd, rnd.phase + 1, now)
             return
         self._publish(rnd, outcome, now)
