@@ -88,6 +88,8 @@ class ClientSession:
         """Provide the vectors to sum (any time before the MASKED_INPUT stage opens)."""
         if self._stage > Stage.MASKED_INPUT:
             raise ProtocolViolation(f"input given at stage {self._stage.name}, after it was needed")
+        if self._stage > Stage.ANNOUNCE:
+            self._announce.layout.check(vectors)
         self._vectors = vectors
 
     def handle(self, message: ServerMessage) -> ClientMessage:

@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 __all__ = ["Purpose", "KeyPair", "generate_key_pair", "private_key_from_bytes", "public_key_bytes", "shared_seed"]
 
 _LABEL = b"fedquilt/secagg/v1|"
-KEY_BYTES = 32
+_KEY_BYTES = 32
 
 
 class Purpose(enum.Enum):
@@ -59,6 +59,6 @@ def shared_seed(private: X25519PrivateKey, peer_public: bytes, session_id: bytes
                 purpose: Purpose, context: bytes = b"") -> bytes:
     """32-byte pairwise seed; ValueError if ``peer_public`` is malformed or of low order."""
     secret = private.exchange(X25519PublicKey.from_public_bytes(peer_public))
-    hkdf = HKDF(algorithm=hashes.SHA256(), length=KEY_BYTES, salt=session_id,
+    hkdf = HKDF(algorithm=hashes.SHA256(), length=_KEY_BYTES, salt=session_id,
                 info=_LABEL + purpose.value + b"|" + context)
     return hkdf.derive(secret)

@@ -29,7 +29,7 @@ from typing import Final, TypeVar
 import numpy as np
 
 from . import shamir
-from .errors import ProtocolViolation, SessionMismatch, ThresholdNotMet
+from .errors import Overflow, ProtocolViolation, SessionMismatch, ThresholdNotMet
 from .graph import neighbours, prune
 from .keys import Purpose, private_key_from_bytes, public_key_bytes, shared_seed
 from .layout import VectorLayout
@@ -63,8 +63,10 @@ class ServerSession:
     def __init__(self, cohort: Sequence[SiteId], params: SecAggParams, layout: VectorLayout, *,
                  ca_cert_pem: bytes | None = None, mask_context: bytes = b"", nonce: bytes | None = None,
                  clock: Clock = utc_now) -> None:
-        if len(set(cohort)) != len(cohort) or len(cohort) > params.max_sites:
-            raise ValueError(f"cohort must be distinct sites, at most max_sites={params.max_sites}")
+        if len(set(cohort)) != len(cohort):
+            raise ValueError(f"cohort must list distinct sites, got {len(cohort)} names for {len(set(cohort))} sites")
+        if len(cohort) > params.max_sites:
+            raise Overflow(f"cohort of {len(cohort)} sites exceeds max_sites={params.max_sites}: sums could overflow")
         if len(cohort) < params.threshold:
             raise ThresholdNotMet(f"cohort of {len(cohort)} sites cannot reach threshold {params.threshold}")
         self.cohort: tuple[SiteId, ...] = tuple(sorted(cohort))

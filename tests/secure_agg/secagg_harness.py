@@ -18,11 +18,12 @@ from fedquilt.secure_agg import (
 )
 from fedquilt.secure_agg.signing import SigningKey
 
-NOW = dt.datetime(2026, 1, 15, tzinfo=dt.timezone.utc)
+NOW = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
+"""Certificates are issued around the real time of the test run, so the default clock accepts them."""
 
 
 def clock() -> dt.datetime:
-    """Fixed test clock inside every certificate's validity."""
+    """Fixed test clock (the run's start), inside every certificate's validity."""
     return NOW
 
 

@@ -234,3 +234,10 @@ def test_missing_input_and_weak_threshold(federation: Federation) -> None:
     weak.step()
     with pytest.raises(ProtocolViolation, match="threshold 2 is not above"):
         weak.clients[A].handle(weak.to_clients[Stage.ANNOUNCE][A])
+
+
+def test_input_must_match_the_announced_layout(federation: Federation) -> None:
+    stepper = Stepper(federation).client_awaiting(A, Stage.SHARE_KEYS)
+    with pytest.raises(InputError, match="shape"):
+        stepper.clients[A].set_input({"x": np.zeros(5)})
+    stepper.clients[A].set_input({"x": np.zeros(4)})
