@@ -262,6 +262,11 @@ class SequenceLoss(nn.Module):
 
 def check_model(model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
     """Refuse models Opacus cannot train privately, or that would silently not train."""
+    if hasattr(model, "autograd_grad_sample_hooks"):
+        raise UnsupportedConfiguration(
+            "model already carries Opacus hooks from a PrivateRun that was not finished; "
+            "call finish() on it before wrapping the model again"
+        )
     trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     if not trainable:
         raise UnsupportedConfiguration("model has no trainable parameters to train privately")
@@ -329,6 +334,7 @@ class PrivateRun:
         self.noise_multiplier = noise
         self.sample_rate = 1.0 / len(loader)
         self._result: tuple[float, float] | None = None
+        self._fingerprint = self._weights_fingerprint()
         count_step = optimizer.step_hook
 
         def guarded_step_hook(opt: Any) -> None:
@@ -398,13 +404,26 @@ class PrivateRun:
         history = _merged(self.ledger.history, self.round_history)
         return accountant_epsilon(history, self.cfg.delta, self.cfg.accountant)
 
+    def _weights_fingerprint(self) -> torch.Tensor:
+        sums = [p.detach().double().sum() for p in self.model.parameters() if p.requires_grad]
+        return torch.stack(sums).cpu()
+
     def finish(self) -> tuple[float, float]:
-        """Record the steps taken, save the ledger, detach Opacus; (ε, δ) over all rounds."""
+        """Record the steps taken, save the ledger, detach Opacus; (ε, δ) over all rounds.
+
+        Raises ``PrivacyError`` (after recording) if DP steps were taken but no trainable weight
+        of the model changed: the silent failure of a model moved or copied after wrapping.
+        """
         if self._result is None:
             self.ledger.record(self.round_history)
             self._hooks.cleanup()
             eps = self.ledger.epsilon(self.cfg.delta, self.cfg.accountant)
             self._result = (eps, self.cfg.delta)
+            if self.steps_taken > 0 and torch.equal(self._weights_fingerprint(), self._fingerprint):
+                raise PrivacyError(
+                    f"no trainable weight changed over {self.steps_taken} DP steps: was the model "
+                    "moved or copied after make_private (or is the learning rate 0)?"
+                )
         return self._result
 
     def __enter__(self) -> PrivateRun:

@@ -18,6 +18,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 from fedquilt.agent.privacy import (
     BudgetExhausted,
     DPConfig,
+    PrivacyError,
     PrivacyLedger,
     StepLimitExceeded,
     UnsupportedConfiguration,
@@ -201,11 +202,33 @@ def test_lora_weights_change_under_dp(mode: str, tmp_path: Path) -> None:
     assert not any(hasattr(p, "grad_sample") for p in model.parameters())  # Opacus detached
 
 
+def test_finish_flags_weights_that_never_moved(tmp_path: Path) -> None:
+    model, ledger = tiny_lora(), PrivacyLedger(tmp_path / "l.json")
+    frozen_opt = sgd(model, lr=0.0)  # steps happen, nothing moves: what the device trap looks like
+    run = make_private(model, frozen_opt, DataLoader(records(16), batch_size=4),
+                       DPConfig(noise_multiplier=1.0), ledger, steps=2)
+    train_round(run, 2)
+    with pytest.raises(PrivacyError, match="no trainable weight changed over 2 DP steps"):
+        run.finish()
+    assert PrivacyLedger(tmp_path / "l.json").history == [(1.0, 0.25, 2)]  # still recorded
+
+
 def test_embedding_lora_is_refused(tmp_path: Path) -> None:
     model = tiny_lora(targets=("embed_tokens", "q_proj"))
     with pytest.raises(UnsupportedConfiguration, match="LoRA on embedding layers"):
         make_private(model, sgd(model), DataLoader(records(8), batch_size=4),
                      DPConfig(noise_multiplier=1.0), PrivacyLedger(tmp_path / "l.json"), 1)
+
+
+def test_wrapping_twice_without_finish_is_refused(tmp_path: Path) -> None:
+    model, ledger = tiny_lora(), PrivacyLedger(tmp_path / "l.json")
+    loader, cfg = DataLoader(records(8), batch_size=4), DPConfig(noise_multiplier=1.0)
+    run = make_private(model, sgd(model), loader, cfg, ledger, 1)
+    with pytest.raises(UnsupportedConfiguration, match="call finish"):
+        make_private(model, sgd(model), loader, cfg, ledger, 1)
+    run.finish()
+    make_private(model, sgd(model), loader, cfg, ledger, 1).finish()
+    assert ledger.rounds == 2
 
 
 def test_dora_is_refused(tmp_path: Path) -> None:
