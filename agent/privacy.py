@@ -12,10 +12,11 @@ every round, across restarts.
 
 Known traps, checked here rather than left to luck:
 
-* Move the model to its device **before** wrapping. Opacus and the optimizer hold the parameter
-  objects they were given; a model moved afterwards trains copies, and LoRA weights silently never
-  update. ``make_private`` raises if trainable parameters sit on different devices or if any
-  trainable parameter is missing from the optimizer.
+* Move the model to its device **before** wrapping. Opacus hooks the modules and the optimizer
+  holds the parameter objects present at wrapping time; a model moved, re-wrapped or copied
+  afterwards trains through objects that are not the model's, and LoRA weights silently never
+  update. ``make_private`` raises if trainable parameters sit on different devices or are missing
+  from the optimizer; ``finish()`` raises if DP steps were taken but no trainable weight moved.
 * Opacus computes no per-sample gradients for PEFT's LoRA-on-embedding layers
   (``lora_embedding_A/B``); such models are refused with ``UnsupportedConfiguration``.
 * The privacy unit is one record (sequence). The loss must be a mean of per-record losses, not
