@@ -42,8 +42,8 @@ class FederationServicer(pb_grpc.FederationServicer):
         with translated(context, "Hello", self.metrics):
             site = self._site(context)
             shapes = {k: tuple(int(d) for d in v.dims) for k, v in request.target_shapes.items()}
-            if any(len(s) != 2 for s in shapes.values()) or not shapes:
-                raise codec.CodecError("target_shapes must name at least one 2-D weight")
+            if any(len(s) != 2 or min(s) <= 0 for s in shapes.values()) or not shapes:
+                raise codec.CodecError(f"target_shapes must name 2-D weights with positive dims, got {shapes}")
             last = self.orch.hello(site, int(request.num_samples), int(request.lora_rank), float(request.lora_alpha),
                                    request.base_fingerprint, request.task, shapes)  # type: ignore[arg-type]
             return pb.HelloReply(site_id=site, federation=self.orch.fed.name, base_fingerprint=self.orch.fed.base_fingerprint,
@@ -52,7 +52,7 @@ class FederationServicer(pb_grpc.FederationServicer):
     def WaitForTask(self, request: pb.WaitRequest, context: grpc.ServicerContext) -> pb.Task:
         with translated(context, "WaitForTask", self.metrics):
             site = self._site(context)
-            wait = min(max(float(request.wait_seconds), 0.0), self.long_poll)
+            wait = min(float(request.wait_seconds), self.long_poll) if request.wait_seconds > 0 else 0.0  # NaN -> 0
             return _task(self.orch.wait(site, int(request.after_step), wait))
 
     def Download(self, request: pb.DownloadRequest, context: grpc.ServicerContext) -> Iterator[tpb.Chunk]:
