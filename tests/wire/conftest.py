@@ -35,16 +35,19 @@ from fedquilt.proto import tensors_pb2 as tpb
 
 CALL_TIMEOUT = 10.0
 SHAPES = {"model.layers.0.self_attn.q_proj": (16, 16), "model.layers.0.self_attn.v_proj": (16, 16)}
+RANK = 2
 MAX_UPLOAD_BYTES = 8192
 MAX_MESSAGE_BYTES = 256 * 1024
 
 
-def tensors(seed: int = 0, scale: float = 1.0) -> dict[str, np.ndarray]:
-    """Small float32 vectors standing in for one site's plaintext upload."""
+def tensors(seed: int = 0, n: int = 10) -> dict[str, np.ndarray]:
+    """One site's plaintext FedIT vectors: n·A (2×16) and n·B (16×2) per target module, plus n."""
     rng = np.random.default_rng(seed)
-    return {"m/A": (scale * rng.standard_normal((2, 16))).astype(np.float32),
-            "m/B": (scale * rng.standard_normal((16, 2))).astype(np.float32),
-            "__n__": np.array([10.0], np.float32)}
+    out = {"__n__": np.array([n], np.float32)}
+    for module, (d, k) in SHAPES.items():
+        out[f"{module}/A"] = (n * rng.standard_normal((RANK, k))).astype(np.float32)
+        out[f"{module}/B"] = (n * rng.standard_normal((d, RANK))).astype(np.float32)
+    return out
 
 
 def refused(call: Callable[[], Any]) -> grpc.StatusCode:
@@ -109,7 +112,7 @@ class Wire:
     def hello_request(self, **overrides: Any) -> pb.HelloRequest:
         """A HelloRequest the coordinator accepts, with ``overrides`` applied."""
         fields: dict[str, Any] = dict(agent_version="wire-test", base_fingerprint=self.fingerprint, num_samples=10,
-                                      lora_rank=2, lora_alpha=4.0, task="causal-lm",
+                                      lora_rank=RANK, lora_alpha=4.0, task="causal-lm",
                                       target_shapes={k: tpb.Shape(dims=list(v)) for k, v in SHAPES.items()})
         fields.update(overrides)
         return pb.HelloRequest(**fields)
@@ -156,6 +159,15 @@ class Wire:
         """Upload ``payload`` (default: ``tensors()``) for ``task``."""
         body = codec.encode_tensors(tensors()) if payload is None else payload
         return self.fed(who).Upload(iter(self.upload_messages(task, body, **header)), timeout=CALL_TIMEOUT)
+
+    def wait_history(self, rounds: int = 1, within: float = 20.0) -> list[dict[str, Any]]:
+        """The orchestrator's round history once it has ``rounds`` entries (published or discarded)."""
+        deadline = time.monotonic() + within
+        while len(history := self.running.orchestrator.status()["history"]) < rounds:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"no {rounds} finished rounds within {within}s: {history}")
+            time.sleep(0.02)
+        return list(history)
 
     # ---- state --------------------------------------------------------------------------------
 
