@@ -54,7 +54,7 @@ def refused(call: Callable[[], Any]) -> grpc.StatusCode:
     """Run an RPC that must fail and return its status code (server-streaming replies are drained)."""
     with pytest.raises(grpc.RpcError) as err:
         reply = call()
-        if isinstance(reply, Iterator) or hasattr(reply, "__next__"):
+        if hasattr(reply, "__next__"):  # a server-streaming call fails while it is read
             list(reply)
     return err.value.code()  # type: ignore[no-any-return]
 
@@ -66,6 +66,8 @@ class Wire:
     files: FederationFiles
     running: server.RunningCoordinator
     fingerprint: str
+    tasks: dict[str, pb.Task] = field(default_factory=dict)
+    """The current task of each cohort site, once a test fixture drove the round to a stage."""
     _channels: dict[str, grpc.Channel] = field(default_factory=dict)
     refused = staticmethod(refused)
     tensors = staticmethod(tensors)
@@ -89,6 +91,12 @@ class Wire:
             ca = (self.files.ca_dir / "ca.pem").read_bytes()
             self._channels[who] = channel(self.address, ca, cert.read_bytes(), key.read_bytes(), "localhost")
         return self._channels[who]
+
+    def reconnect(self, who: str) -> None:
+        """Drop ``who``'s channel so the next call opens a fresh TLS connection."""
+        chan = self._channels.pop(who, None)
+        if chan is not None:
+            chan.close()
 
     def fed(self, who: str) -> pb_grpc.FederationStub:
         """Federation stub for ``who``."""

@@ -34,7 +34,7 @@ def test_revoked_site_is_refused_on_its_open_channel_while_another_keeps_working
     assert w.refused(lambda: m0.ListVersions(pb.ListVersionsRequest(model=w.files.model), timeout=5)) is UNAUTH
     assert w.refused(lambda: m0.Pull(pb.PullRequest(model=w.files.model), timeout=5)) is UNAUTH
     # A fresh connection with the revoked certificate fares no better.
-    w._channels.pop("site-0").close()
+    w.reconnect("site-0")
     assert w.refused(lambda: w.fed("site-0").WaitForTask(pb.WaitRequest(wait_seconds=0.1), timeout=5)) is UNAUTH
 
     # Nothing the revoked site tried reached the round; the other site keeps working.
