@@ -13,6 +13,7 @@ keeps its step counter, which only grows on the coordinator's side.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -45,6 +46,8 @@ class RoundWork:
     n: int
     secure: Any = None
     broadcasts: dict[int, Broadcast] = field(default_factory=dict)
+    broadcast_digests: dict[int, bytes] = field(default_factory=dict)
+    """sha256 of each broadcast exactly as downloaded (binds the next secure sum's masks to it)."""
 
 
 class AgentLoop:
@@ -147,6 +150,10 @@ class AgentLoop:
         if session is not None:
             metrics["dp"] = session.report()
         self.work = RoundWork(spec=spec, rule=rule, ctx=ctx, update=result.update, n=result.n_samples)
+        if self.keep_submissions and result.update.adapter:
+            from ..strategies.adapters import save_peft
+
+            save_peft(result.update.adapter, self.state_dir / "submissions" / f"{spec.round_id}-update", "local", "causal-lm")
         self.rounds_trained += 1
         log.info("round %d: loss %.4f -> %.4f", spec.round, result.loss_before, result.loss_after)
         self.transport.submit(pb.SubmitRequest(round_id=task.round_id, step=task.step, kind=pb.TRAIN,
@@ -160,6 +167,7 @@ class AgentLoop:
             if phase not in work.broadcasts:
                 data = self.transport.download(pb.DownloadRequest.BROADCAST, work.spec.round_id, phase)
                 work.broadcasts[phase] = Broadcast(tensors=codec.decode_tensors(data))
+                work.broadcast_digests[phase] = hashlib.sha256(data).digest()
             broadcast = work.broadcasts[phase]
         vectors = work.rule.vectors(phase, work.update, work.n, ctx, broadcast, state=self.rule_state)
         if phase == work.rule.phases - 1:

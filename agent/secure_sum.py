@@ -12,7 +12,6 @@ different sites gets noise, not a sum.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import logging
 from typing import Any
 
@@ -47,7 +46,7 @@ class SecureSumClient:
             self._phase_key = (task.round_id, task.phase)
             context = b""
             if task.phase > 0:
-                context = hashlib.sha256(codec.encode_tensors(dict(work.broadcasts[task.phase].tensors))).digest()
+                context = work.broadcast_digests[task.phase]
             self.session = sa.ClientSession(sa.SiteId(loop.site), self.key, self.cert_pem, self.ca_pem,
                                             mask_context=context)
             reply = self._session(task).handle(codec.decode_secagg("Announce", task.payload))

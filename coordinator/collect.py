@@ -36,14 +36,15 @@ class PlainCollector:
             raise Duplicate(f"{site} already uploaded different vectors for this phase")
         tensors = decode_tensors(payload)
         self._check(site, tensors)
-        for name, value in tensors.items():
-            acc = self.sums.get(name)
-            if acc is None:
-                self.sums[name] = value.astype(np.float64)
-            else:
-                acc += value
-        if self.keep_individual:
+        if self.keep_individual:  # plaintext stack only: sites' factors may differ in rank, nothing is summed
             self.individual[site] = tensors
+        else:
+            for name, value in tensors.items():
+                acc = self.sums.get(name)
+                if acc is None:
+                    self.sums[name] = value.astype(np.float64)  # a copy: the upload buffer is not kept
+                else:
+                    acc += value
         self.received[site] = digest
         return True
 
@@ -52,8 +53,8 @@ class PlainCollector:
             raise InvalidRequest(f"{site} uploaded no tensors")
         layout = {k: tuple(v.shape) for k, v in tensors.items()}
         for name, value in tensors.items():
-            if value.dtype != np.float32:
-                raise InvalidRequest(f"{name}: expected float32, got {value.dtype}")
+            if value.dtype not in (np.float32, np.float64):
+                raise InvalidRequest(f"{name}: expected float32 or float64, got {value.dtype}")
             if not np.isfinite(value).all():
                 bad = int((~np.isfinite(value)).sum())
                 raise InvalidRequest(f"{name}: {bad} NaN/Inf values; update rejected")
