@@ -144,15 +144,17 @@ class ServerSession:
         return self._advance(expected=Stage.UNMASK, step=self._finish)
 
     def _relay_advertisements(self) -> AdvertisementsRelay:
+        self._require(len(self._ads), "sites advertised keys")
         self._u1 = frozenset(prune(self._ads, self._graph, self._need))
-        self._require(len(self._u1), "sites advertised keys")
+        self._require(len(self._u1), "sites advertised keys and keep enough share holders")
         ads = tuple(self._ads[s] for s in sorted(self._u1))
         self._sid = derive_session_id(self.nonce, self.params, self.layout, ads)
         return AdvertisementsRelay(self.nonce, ads)
 
     def _route_shares(self) -> dict[SiteId, SharesRelay]:
+        self._require(len(self._sharers), "sites shared keys")
         self._u2 = frozenset(prune(self._sharers, self._graph, self._need))
-        self._require(len(self._u2), "sites shared keys")
+        self._require(len(self._u2), "sites shared keys and keep enough share holders")
         participants = tuple(sorted(self._u2))
         self._acc = np.zeros(self.layout.size, self.params.ring_dtype)
         return {
