@@ -17,7 +17,8 @@ from ..proto import tensors_pb2 as tpb
 
 log = logging.getLogger("fedquilt.agent.transport")
 T = TypeVar("T")
-RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.RESOURCE_EXHAUSTED}
+RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED}
+"""Only transient failures are retried; RESOURCE_EXHAUSTED means over a limit, and a retry would not fit either."""
 MAX_DOWNLOAD_BYTES = 4 * 1024**3
 
 
@@ -39,6 +40,8 @@ class Transport:
         self.stub = pb_grpc.FederationStub(chan)
         self.max_backoff, self.sleep, self.give_up_after = max_backoff, sleep, give_up_after
         self.on_reconnect: Callable[[], None] | None = None
+        self.chunk_bytes = codec.CHUNK_BYTES
+        """Upload chunk size; the coordinator says how much it accepts in its Hello reply."""
 
     def _retry(self, what: str, call: Callable[[], T]) -> T:
         delay, started, failed = 0.5, time.monotonic(), False
@@ -62,7 +65,10 @@ class Transport:
 
     def hello(self, req: pb.HelloRequest) -> pb.HelloReply:
         """Enrol with the coordinator."""
-        return self._retry("hello", lambda: self.stub.Hello(req, timeout=30))
+        reply: pb.HelloReply = self._retry("hello", lambda: self.stub.Hello(req, timeout=30))
+        if reply.max_chunk_bytes > 0:
+            self.chunk_bytes = int(reply.max_chunk_bytes)
+        return reply
 
     def wait(self, after_step: int, seconds: float = 20.0) -> pb.Task:
         """Long-poll for the next step."""
@@ -80,7 +86,7 @@ class Transport:
         header_fields = dict(round_id=round_id, step=step, phase=phase, encoding=encoding,
                              layout=codec.layout_to_pb(layout))
         return self._retry("upload", lambda: self.stub.Upload(
-            codec.upload_messages(pb.UploadHeader(**header_fields), tensors_or_vector), timeout=600))
+            codec.upload_messages(pb.UploadHeader(**header_fields), tensors_or_vector, self.chunk_bytes), timeout=600))
 
     def upload_tensors(self, round_id: str, step: int, phase: int, tensors: dict[str, np.ndarray]) -> pb.Ack:
         """Plaintext float32 vectors."""

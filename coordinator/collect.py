@@ -7,11 +7,12 @@ vectors are kept only for rules that need them (plaintext ``stack``), never unde
 from __future__ import annotations
 
 import hashlib
-from typing import Mapping
+from typing import Iterable, Mapping
 
 import numpy as np
 
 from ..proto.codec import decode_tensors
+from ..strategies.base import N_KEY
 from .errors import Duplicate, InvalidRequest
 from .steps import SiteId
 
@@ -19,8 +20,9 @@ from .steps import SiteId
 class PlainCollector:
     """Collects float32 uploads for one phase from a fixed set of participants."""
 
-    def __init__(self, participants: set[SiteId], keep_individual: bool) -> None:
+    def __init__(self, participants: set[SiteId], keep_individual: bool, modules: Iterable[str] = ()) -> None:
         self.participants = set(participants)
+        self.modules = frozenset(modules)
         self.keep_individual = keep_individual
         self.received: dict[SiteId, str] = {}
         self.sums: dict[str, np.ndarray] = {}
@@ -52,6 +54,7 @@ class PlainCollector:
         if not tensors:
             raise InvalidRequest(f"{site} uploaded no tensors")
         layout = {k: tuple(v.shape) for k, v in tensors.items()}
+        check_names(site, layout, self.modules)
         for name, value in tensors.items():
             if value.dtype not in (np.float32, np.float64):
                 raise InvalidRequest(f"{name}: expected float32 or float64, got {value.dtype}")
@@ -76,3 +79,14 @@ class PlainCollector:
     def result(self) -> dict[str, np.ndarray]:
         """The phase's sums (float64)."""
         return self.sums
+
+
+def check_names(site: str, layout: Mapping[str, tuple[int, ...]], modules: frozenset[str]) -> None:
+    """Every submitted vector is ``N_KEY`` or ``<target module>/<what>`` for a module of this round."""
+    if not modules:
+        return
+    if N_KEY not in layout:
+        raise InvalidRequest(f"{site} submitted no sample count ({N_KEY!r})")
+    bad = sorted(k for k in layout if k != N_KEY and k.rsplit("/", 1)[0] not in modules)
+    if bad:
+        raise InvalidRequest(f"{site} submitted vectors for modules this round does not train: {bad[:3]}")

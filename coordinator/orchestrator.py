@@ -347,7 +347,8 @@ class Orchestrator:
             for site, (kind, payload) in rnd.collector.start().items():
                 self._assign(site, kind, rnd, spec_json=spec_json, payload=payload)
         else:
-            rnd.collector = PlainCollector(rnd.participants, keep_individual=isinstance(self.rule, IndividualRule))
+            rnd.collector = PlainCollector(rnd.participants, keep_individual=isinstance(self.rule, IndividualRule),
+                                           modules=rnd.spec.shapes)
             for site in rnd.participants:
                 self._assign(site, Step.UPLOAD_PLAIN, rnd, spec_json=spec_json)
 

@@ -8,7 +8,7 @@ from typing import Any, Iterator, NoReturn
 
 import grpc
 
-from ..proto.codec import CodecError
+from ..proto.codec import CodecError, StreamTooLarge
 from . import errors, identity, registry
 
 log = logging.getLogger("fedquilt.coordinator.rpc")
@@ -18,6 +18,7 @@ _STATUS: tuple[tuple[type[BaseException], grpc.StatusCode], ...] = (
     (identity.PermissionDenied, grpc.StatusCode.PERMISSION_DENIED),
     (identity.RevocationListError, grpc.StatusCode.UNAVAILABLE),
     (errors.TooLarge, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (StreamTooLarge, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (errors.InvalidRequest, grpc.StatusCode.INVALID_ARGUMENT),
     (CodecError, grpc.StatusCode.INVALID_ARGUMENT),
     (errors.NotEnrolled, grpc.StatusCode.FAILED_PRECONDITION),

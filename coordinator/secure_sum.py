@@ -17,14 +17,16 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from typing import Any, Callable
+import math
+from typing import Any, Callable, Iterable
 
 import numpy as np
 
 from .. import secure_agg as sa
 from ..proto import codec
+from .collect import check_names
 from .config import CoordinatorConfig
-from .errors import InvalidRequest, StaleStep
+from .errors import Duplicate, InvalidRequest, StaleStep
 from .steps import SiteId, Step
 
 log = logging.getLogger("fedquilt.coordinator.secagg")
@@ -36,9 +38,10 @@ _REPLY_KIND = {Step.SECAGG_ADVERTISE: "KeyAdvertisement", Step.SECAGG_SHARE: "En
 class SecureSum:
     """Collects one phase through a ``secure_agg.ServerSession``."""
 
-    def __init__(self, participants: set[SiteId], *, clip: float, min_frac_bits: int, threshold: int | None,
+    def __init__(self, participants: set[SiteId], *, modules: Iterable[str] = (), clip: float, min_frac_bits: int, threshold: int | None,
                  ca_pem: bytes, mask_context: bytes, stage_timeout: float, now: float) -> None:
         self.participants = set(participants)
+        self.modules = frozenset(modules)
         self.clip, self.min_frac_bits, self.threshold = clip, min_frac_bits, threshold
         self.ca_pem, self.mask_context = ca_pem, mask_context
         self.stage_timeout = stage_timeout
@@ -50,6 +53,7 @@ class SecureSum:
         self.done = False
         self.expected: set[SiteId] = set(participants)
         self.heard: set[SiteId] = set()
+        self._replies: dict[SiteId, bytes] = {}
 
     # ---- steps handed to sites ----------------------------------------------------------------
 
@@ -61,13 +65,22 @@ class SecureSum:
         """A small stage reply from a site."""
         if kind is not self.stage:
             raise StaleStep(f"secure sum is collecting {self.stage.value}, not {kind.value}")
+        digest = hashlib.sha256(payload).digest()
+        if site in self.heard:
+            if self._replies.get(site) == digest:
+                return  # an identical retry after a lost reply: already counted
+            raise Duplicate(f"{site} already sent a different {kind.value} message")
         if kind is Step.DECLARE_LAYOUT:
-            self.layouts[site] = codec.decode_layout(payload)
+            layout = codec.decode_layout(payload)
+            if not layout or any(math.prod(shape) == 0 for _, shape in layout):
+                raise InvalidRequest(f"{site} declared an empty layout or an empty tensor")
+            check_names(site, dict(layout), self.modules)
+            self.layouts[site] = layout
             self.heard.add(site)
-            return
-        assert self.session is not None
-        msg = codec.decode_secagg(_REPLY_KIND[kind], payload)
-        self._receive(site, msg)
+        else:
+            assert self.session is not None
+            self._receive(site, codec.decode_secagg(_REPLY_KIND[kind], payload))
+        self._replies[site] = digest
 
     def masked_input(self, site: SiteId, encoding: str, layout: list[tuple[str, tuple[int, ...]]], payload: bytes) -> bool:
         """A site's masked vector (an Upload stream); added to the running sum at once."""
@@ -101,7 +114,7 @@ class SecureSum:
         if late:
             log.warning("secure sum: %s missed the %s deadline", late, self.stage.value)
         moves = self._close_stage()
-        self.heard = set()
+        self.heard, self._replies = set(), {}
         self.deadline = now + self.stage_timeout
         return moves
 
@@ -179,7 +192,7 @@ def make_factory(cfg: CoordinatorConfig) -> Callable[..., SecureSum]:
         broadcast = rnd.broadcasts.get(phase, b"")
         context = hashlib.sha256(broadcast).digest() if phase > 0 else b""
         min_bits = int(rnd.spec.params.get("min_frac_bits", cfg.secagg.min_frac_bits))
-        return SecureSum(rnd.participants, clip=cfg.secagg.clip, min_frac_bits=min_bits, threshold=cfg.secagg.threshold,
+        return SecureSum(rnd.participants, modules=rnd.spec.shapes, clip=cfg.secagg.clip, min_frac_bits=min_bits, threshold=cfg.secagg.threshold,
                          ca_pem=ca_pem, mask_context=context, stage_timeout=cfg.federation.stage_timeout, now=now)
 
     return factory

@@ -15,6 +15,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from ..proto import codec
 from ..proto import federation_pb2 as pb
 from ..proto import federation_pb2_grpc as pb_grpc
 from ..strategies.adapters import load_peft
@@ -112,10 +113,11 @@ def start(cfg: CoordinatorConfig, metrics: Metrics | None = None, tick_seconds: 
 
     options = [("grpc.max_receive_message_length", cfg.server.max_message_bytes),
                ("grpc.max_send_message_length", cfg.server.max_message_bytes)]
+    chunk = min(codec.CHUNK_BYTES, cfg.server.max_message_bytes // 2)  # room for the message's other fields
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=cfg.server.max_workers), options=options)
     pb_grpc.add_FederationServicer_to_server(
-        FederationServicer(orch, authz, cfg.server.max_upload_bytes, cfg.server.long_poll_seconds, metrics), server)
-    pb_grpc.add_ModelsServicer_to_server(ModelsServicer(store, authz, metrics), server)
+        FederationServicer(orch, authz, cfg.server.max_upload_bytes, cfg.server.long_poll_seconds, metrics, chunk), server)
+    pb_grpc.add_ModelsServicer_to_server(ModelsServicer(store, authz, metrics, chunk), server)
     pb_grpc.add_AdminServicer_to_server(AdminServicer(orch, authz, metrics), server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

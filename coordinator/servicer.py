@@ -31,8 +31,9 @@ class FederationServicer(pb_grpc.FederationServicer):
     """The agents' service."""
 
     def __init__(self, orch: Orchestrator, authz: Authorizer, max_upload_bytes: int, long_poll: float,
-                 metrics: Metrics) -> None:
+                 metrics: Metrics, chunk_bytes: int = codec.CHUNK_BYTES) -> None:
         self.orch, self.authz, self.metrics = orch, authz, metrics
+        self.chunk_bytes = chunk_bytes
         self.max_upload_bytes, self.long_poll = max_upload_bytes, long_poll
 
     def _site(self, context: grpc.ServicerContext) -> SiteId:
@@ -47,12 +48,14 @@ class FederationServicer(pb_grpc.FederationServicer):
             last = self.orch.hello(site, int(request.num_samples), int(request.lora_rank), float(request.lora_alpha),
                                    request.base_fingerprint, request.task, shapes)  # type: ignore[arg-type]
             return pb.HelloReply(site_id=site, federation=self.orch.fed.name, base_fingerprint=self.orch.fed.base_fingerprint,
-                                 rule=self.orch.fed.rule, last_step=last)
+                                 rule=self.orch.fed.rule, last_step=last, max_chunk_bytes=self.chunk_bytes)
 
     def WaitForTask(self, request: pb.WaitRequest, context: grpc.ServicerContext) -> pb.Task:
         with translated(context, "WaitForTask", self.metrics):
             site = self._site(context)
-            wait = min(float(request.wait_seconds), self.long_poll) if request.wait_seconds > 0 else 0.0  # NaN -> 0
+            if not request.wait_seconds >= 0:  # also catches NaN, which would make the wait spin
+                raise codec.CodecError(f"wait_seconds must be >= 0, got {request.wait_seconds}")
+            wait = min(float(request.wait_seconds), self.long_poll)
             return _task(self.orch.wait(site, int(request.after_step), wait))
 
     def Download(self, request: pb.DownloadRequest, context: grpc.ServicerContext) -> Iterator[tpb.Chunk]:
@@ -65,7 +68,7 @@ class FederationServicer(pb_grpc.FederationServicer):
             else:
                 raise codec.CodecError("Download.what must be GLOBAL or BROADCAST")
         self.metrics.record_bytes(Direction.SENT, len(payload))
-        yield from codec.chunks(payload)
+        yield from codec.chunks(payload, self.chunk_bytes)
 
     def Upload(self, request_iterator: Iterable[pb.UploadChunk], context: grpc.ServicerContext) -> pb.Ack:
         with translated(context, "Upload", self.metrics):
@@ -103,8 +106,10 @@ def _metrics(text: str) -> dict[str, Any]:
 class ModelsServicer(pb_grpc.ModelsServicer):
     """Consumers pull published versions."""
 
-    def __init__(self, store: FileModelStore, authz: Authorizer, metrics: Metrics) -> None:
+    def __init__(self, store: FileModelStore, authz: Authorizer, metrics: Metrics,
+                 chunk_bytes: int = codec.CHUNK_BYTES) -> None:
         self.store, self.authz, self.metrics = store, authz, metrics
+        self.chunk_bytes = chunk_bytes
 
     def ListVersions(self, request: pb.ListVersionsRequest, context: grpc.ServicerContext) -> pb.VersionList:
         with translated(context, "ListVersions", self.metrics):
@@ -126,7 +131,7 @@ class ModelsServicer(pb_grpc.ModelsServicer):
             for name in sorted(manifest["files"]):
                 files[name] = self.store.read(request.model, version, name)
         for name, body in files.items():
-            for chunk in codec.chunks(body):
+            for chunk in codec.chunks(body, self.chunk_bytes):
                 yield pb.FileChunk(path=name, data=chunk.data, offset=chunk.offset, file_size=chunk.total_size,
                                    sha256=chunk.sha256, version=version)
 

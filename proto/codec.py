@@ -24,6 +24,10 @@ class CodecError(ValueError):
     """A message that cannot be decoded: bad hash, bad size, bad tensor bytes, bad spec."""
 
 
+class StreamTooLarge(CodecError):
+    """A stream over its configured size limit (answered with RESOURCE_EXHAUSTED)."""
+
+
 class RoundSpec(BaseModel):
     """Everything a site needs to take part in one round (travels as JSON in ``Task.spec_json``)."""
 
@@ -166,8 +170,10 @@ def read_upload(stream: Iterable[pb.UploadChunk], max_bytes: int) -> tuple[pb.Up
     if first is None or first.WhichOneof("part") != "header":
         raise CodecError("upload must start with a header")
     header = first.header
-    if header.total_bytes < 0 or header.total_bytes > max_bytes:
-        raise CodecError(f"upload declares {header.total_bytes} bytes; the limit is {max_bytes}")
+    if header.total_bytes < 0:
+        raise CodecError(f"upload declares {header.total_bytes} bytes")
+    if header.total_bytes > max_bytes:
+        raise StreamTooLarge(f"upload declares {header.total_bytes} bytes; the limit is {max_bytes}")
     buf = bytearray()
     digest = None
     for msg in it:

@@ -59,18 +59,20 @@ class HelloRequest(_message.Message):
     def __init__(self, agent_version: _Optional[str] = ..., base_fingerprint: _Optional[str] = ..., num_samples: _Optional[int] = ..., lora_rank: _Optional[int] = ..., lora_alpha: _Optional[float] = ..., task: _Optional[str] = ..., target_shapes: _Optional[_Mapping[str, _tensors_pb2.Shape]] = ...) -> None: ...
 
 class HelloReply(_message.Message):
-    __slots__ = ("site_id", "federation", "base_fingerprint", "rule", "last_step")
+    __slots__ = ("site_id", "federation", "base_fingerprint", "rule", "last_step", "max_chunk_bytes")
     SITE_ID_FIELD_NUMBER: _ClassVar[int]
     FEDERATION_FIELD_NUMBER: _ClassVar[int]
     BASE_FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
     RULE_FIELD_NUMBER: _ClassVar[int]
     LAST_STEP_FIELD_NUMBER: _ClassVar[int]
+    MAX_CHUNK_BYTES_FIELD_NUMBER: _ClassVar[int]
     site_id: str
     federation: str
     base_fingerprint: str
     rule: str
     last_step: int
-    def __init__(self, site_id: _Optional[str] = ..., federation: _Optional[str] = ..., base_fingerprint: _Optional[str] = ..., rule: _Optional[str] = ..., last_step: _Optional[int] = ...) -> None: ...
+    max_chunk_bytes: int
+    def __init__(self, site_id: _Optional[str] = ..., federation: _Optional[str] = ..., base_fingerprint: _Optional[str] = ..., rule: _Optional[str] = ..., last_step: _Optional[int] = ..., max_chunk_bytes: _Optional[int] = ...) -> None: ...
 
 class WaitRequest(_message.Message):
     __slots__ = ("after_step", "wait_seconds")

@@ -47,9 +47,6 @@ def test_oversize_upload_chunk_is_resource_exhausted(coordinator) -> None:
     assert w.upload("site-0", task).accepted
 
 
-@pytest.mark.xfail(strict=True, reason="coordinator/config.py accepts max_message_bytes down to 1024 while "
-                   "proto/codec.CHUNK_BYTES (1 MiB) sizes every Pull/Download chunk (and the agent's upload chunks): "
-                   "with max_message_bytes=256 KiB any file over 256 KiB can never be pulled")
 def test_pull_of_a_file_larger_than_max_message_bytes_is_chunked_to_fit(coordinator) -> None:
     w: Any = coordinator()
     files = {"adapter_model.safetensors": bytes(OVER)}

@@ -123,8 +123,6 @@ def test_bad_layout_declaration_is_refused(declare_stage: Any, case: str) -> Non
     assert w.snapshot()["secagg"][1] == ["site-0"]
 
 
-@pytest.mark.xfail(strict=True, reason="coordinator/secure_sum.py SecureSum.message accepts a DECLARE_LAYOUT with "
-                   "an empty layout (b'' parses as an empty LayoutDeclaration) instead of refusing it")
 def test_empty_layout_declaration_is_refused(declare_stage: Any) -> None:
     w = declare_stage
     assert w.refused(lambda: _submit(w, "site-0", w.tasks["site-0"], payload=b"")) is INVALID
@@ -176,9 +174,6 @@ def test_bad_key_advertisement_is_refused(declare_stage: Any, how: str) -> None:
     assert w.snapshot()["secagg"][1] == ["site-0"]
 
 
-@pytest.mark.xfail(strict=True, reason="coordinator/secure_sum.py SecureSum._receive: an identical retry of an "
-                   "accepted stage message (what agent/transport retries after a lost reply) is refused with "
-                   "INVALID_ARGUMENT ('already heard') while Upload and TRAIN retries are idempotent")
 def test_identical_retry_of_a_key_advertisement_is_accepted(declare_stage: Any) -> None:
     w = declare_stage
     task = _advertise_stage(w)["site-0"]

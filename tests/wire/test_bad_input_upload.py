@@ -122,9 +122,6 @@ def test_upload_declaring_more_than_max_upload_bytes_is_refused_before_any_data(
     assert w.upload("site-0", task).accepted
 
 
-@pytest.mark.xfail(strict=True, reason="proto/codec.py read_upload raises CodecError (INVALID_ARGUMENT) for a "
-                   "stream over max_upload_bytes; coordinator/errors.TooLarge (-> RESOURCE_EXHAUSTED), documented "
-                   "as 'a message or stream over its configured limit', is never raised")
 def test_upload_over_the_limit_is_resource_exhausted(upload_stage: Any) -> None:
     w = upload_stage
     task = w.tasks["site-0"]
@@ -148,9 +145,6 @@ def test_second_site_with_another_layout_is_refused(upload_stage: Any, other: st
     assert w.snapshot() == before
 
 
-@pytest.mark.xfail(strict=True, reason="coordinator/collect.py PlainCollector takes the first upload's layout as the "
-                   "phase's layout without checking it against the round (spec shapes/ranks): a site that uploads "
-                   "{'bogus': ...} first is accepted and every honest site is then refused")
 def test_upload_with_tensors_the_round_does_not_have_is_refused(upload_stage: Any) -> None:
     w = upload_stage
     bogus = codec.encode_tensors({"bogus": np.ones(4, np.float32)})
