@@ -22,51 +22,45 @@ Known traps, checked here rather than left to luck:
 * The privacy unit is one record (sequence). The loss must be a mean of per-record losses, not
   HF's token mean over the whole batch; use ``PrivateRun.loss`` (or ``SequenceLoss``).
 
-Optional site-level noise (``clip_and_noise_update``) clips a whole update and adds each site's
-share of Gaussian noise so the secure sum carries std σ·C; it is weak below a few dozen sites.
+The ledger and the errors live in ``privacy_ledger``, optional site-level noise in ``site_noise``;
+both are re-exported here. ``dp_trainer.DPLoraTrainer`` wires this module into the agent's trainer.
 """
 
 from __future__ import annotations
 
 import functools
-import json
 import math
-import os
-import tempfile
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from enum import StrEnum
-from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-import numpy as np
 import torch
 from opacus import PrivacyEngine  # type: ignore[import-untyped]
-from opacus.accountants import RDPAccountant, create_accountant  # type: ignore[import-untyped]
 from opacus.accountants.utils import get_noise_multiplier  # type: ignore[import-untyped]
 from opacus.validators.errors import UnsupportedError  # type: ignore[import-untyped]
 from pydantic import BaseModel, ConfigDict, model_validator
 from torch import nn
 
-HistoryEntry = tuple[float, float, int]
-"""One accountant entry: (noise_multiplier, sample_rate, steps)."""
+from .privacy_ledger import (
+    Accountant,
+    BudgetExhausted,
+    HistoryEntry,
+    PrivacyError,
+    PrivacyLedger,
+    StepLimitExceeded,
+    UnsupportedConfiguration,
+    merge_history,
+    accountant_epsilon,
+)
+from .site_noise import clip_and_noise_update, site_level_epsilon
 
-
-class PrivacyError(Exception):
-    """Base class of the DP errors raised by the agent."""
-
-
-class BudgetExhausted(PrivacyError):
-    """Training would push the site's ε past its configured budget."""
-
-
-class StepLimitExceeded(PrivacyError):
-    """A run tried to take more DP steps than its budget check cleared."""
-
-
-class UnsupportedConfiguration(PrivacyError):
-    """The model or its placement cannot be trained privately as configured."""
+__all__ = [
+    "Accountant", "BudgetExhausted", "ClipMode", "DPConfig", "HistoryEntry", "PrivacyError", "PrivacyLedger",
+    "PrivateRun", "SequenceLoss", "StepLimitExceeded", "UnsupportedConfiguration", "accountant_epsilon",
+    "check_model", "clip_and_noise_update", "make_private", "merge_history", "noise_for", "site_level_epsilon",
+]
 
 
 class ClipMode(StrEnum):
@@ -74,13 +68,6 @@ class ClipMode(StrEnum):
 
     HOOKS = "hooks"
     GHOST = "ghost"
-
-
-class Accountant(StrEnum):
-    """Privacy accountant used to turn the history into ε."""
-
-    RDP = "rdp"
-    PRV = "prv"
 
 
 class DPConfig(BaseModel):
@@ -129,105 +116,6 @@ class DPConfig(BaseModel):
 def _positive(name: str, value: float) -> None:
     if not (math.isfinite(value) and value > 0):
         raise ValueError(f"{name} must be > 0, got {value}")
-
-
-def accountant_epsilon(
-    history: Sequence[HistoryEntry], delta: float, accountant: Accountant = Accountant.RDP
-) -> float:
-    """ε of a history, computed by a fresh Opacus accountant (inf if any step had no noise)."""
-    return _epsilon(tuple((float(s), float(q), int(n)) for s, q, n in history), delta, accountant)
-
-
-@functools.lru_cache(maxsize=256)
-def _epsilon(history: tuple[HistoryEntry, ...], delta: float, accountant: Accountant) -> float:
-    # Cached: the pre-round check and the post-round report usually ask about the same history.
-    if not history:
-        return 0.0
-    if any(sigma == 0 for sigma, _, _ in history):
-        return math.inf
-    acc = create_accountant(mechanism=accountant.value)
-    acc.history = list(history)
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="Optimal order")
-        return float(acc.get_epsilon(delta=delta))
-
-
-def _merged(history: Sequence[HistoryEntry], extra: Sequence[HistoryEntry]) -> list[HistoryEntry]:
-    """History with ``extra`` appended; consecutive equal (σ, q) entries merged, as Opacus does."""
-    out = list(history)
-    for sigma, q, n in extra:
-        if n <= 0:
-            continue
-        if out and out[-1][0] == sigma and out[-1][1] == q:
-            out[-1] = (sigma, q, out[-1][2] + n)
-        else:
-            out.append((float(sigma), float(q), int(n)))
-    return out
-
-
-class PrivacyLedger:
-    """The site's accountant history, persisted as JSON and reloaded on restart."""
-
-    def __init__(self, path: Path, accountant: Accountant = Accountant.RDP) -> None:
-        """Load the ledger at ``path`` (an absent file is an empty ledger; a bad one raises)."""
-        self.path = Path(path)
-        self.accountant = accountant
-        self.history: list[HistoryEntry] = []
-        self.rounds = 0
-        if self.path.exists():
-            self._load()
-
-    def _load(self) -> None:
-        try:
-            raw = json.loads(self.path.read_text())
-            self.history = [(float(s), float(q), int(n)) for s, q, n in raw["history"]]
-            self.rounds = int(raw["rounds"])
-        except (OSError, ValueError, KeyError, TypeError) as e:
-            # Never fall back to an empty ledger: that would silently reset the budget.
-            raise PrivacyError(f"privacy ledger {self.path} is unreadable: {e}") from e
-
-    def epsilon(self, delta: float, accountant: Accountant | None = None) -> float:
-        """ε spent so far over every recorded round (``accountant`` defaults to the ledger's)."""
-        return accountant_epsilon(self.history, delta, accountant or self.accountant)
-
-    def projected_epsilon(
-        self, steps: int, sample_rate: float, noise_multiplier: float, delta: float,
-        accountant: Accountant | None = None,
-    ) -> float:
-        """ε after a hypothetical further round of ``steps`` steps."""
-        history = _merged(self.history, [(noise_multiplier, sample_rate, steps)])
-        return accountant_epsilon(history, delta, accountant or self.accountant)
-
-    def would_exceed(
-        self, steps: int, sample_rate: float, noise_multiplier: float, budget: float, delta: float,
-        accountant: Accountant | None = None,
-    ) -> float | None:
-        """The ε a further round would reach if that is above ``budget``, else ``None``."""
-        eps = self.projected_epsilon(steps, sample_rate, noise_multiplier, delta, accountant)
-        return eps if eps > budget else None
-
-    def record(self, entries: Sequence[HistoryEntry]) -> None:
-        """Append one round's accountant entries and save atomically."""
-        for sigma, q, n in entries:
-            if not (sigma >= 0 and 0 < q <= 1 and n >= 0):
-                raise PrivacyError(f"invalid accountant entry {(sigma, q, n)}")
-        self.history = _merged(self.history, entries)
-        self.rounds += 1
-        self._save()
-
-    def _save(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        body = json.dumps({"format": 1, "rounds": self.rounds, "history": self.history})
-        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.")
-        try:
-            with os.fdopen(fd, "w") as f:
-                f.write(body)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
 
 
 class SequenceLoss(nn.Module):
@@ -402,7 +290,7 @@ class PrivateRun:
 
     def epsilon(self) -> float:
         """ε over every recorded round plus this round's steps so far."""
-        history = _merged(self.ledger.history, self.round_history)
+        history = merge_history(self.ledger.history, self.round_history)
         return accountant_epsilon(history, self.cfg.delta, self.cfg.accountant)
 
     def _weights_fingerprint(self) -> torch.Tensor:
@@ -490,35 +378,3 @@ def make_private(
     )
 
 
-def clip_and_noise_update(
-    vectors: dict[str, np.ndarray], clip: float, sigma: float, n_sites: int,
-    rng: np.random.Generator,
-) -> tuple[dict[str, np.ndarray], bool]:
-    """Clip the whole update to L2 norm ``clip``; add this site's N(0, (σ·clip)²/n_sites) share.
-
-    Summed over ``n_sites`` sites (SecAgg) the noise has std σ·clip. Weak below a few dozen
-    sites (the signal of n clipped updates against σ·clip noise), and every dropped site takes
-    its share of the noise with it. Returns the noised vectors and whether clipping happened.
-    """
-    _positive("clip", clip)
-    if not (math.isfinite(sigma) and sigma >= 0):
-        raise ValueError(f"sigma must be >= 0, got {sigma}")
-    if n_sites < 1:
-        raise ValueError(f"n_sites must be >= 1, got {n_sites}")
-    norm = math.sqrt(sum(float(np.sum(np.square(v, dtype=np.float64))) for v in vectors.values()))
-    scale = min(1.0, clip / norm) if norm > 0 else 1.0
-    std = sigma * clip / math.sqrt(n_sites)
-    out = {
-        k: (v.astype(np.float64) * scale + rng.normal(0.0, std, size=v.shape)).astype(v.dtype)
-        for k, v in vectors.items()
-    }
-    return out, scale < 1.0
-
-
-def site_level_epsilon(sigma: float, rounds: int, sample_rate: float, delta: float) -> float:
-    """Site-level ε after ``rounds`` rounds at cohort sampling rate ``sample_rate`` (RDP)."""
-    if sigma == 0:
-        return math.inf
-    acc = RDPAccountant()
-    acc.history = [(sigma, sample_rate, rounds)]
-    return float(acc.get_epsilon(delta=delta))
