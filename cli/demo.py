@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-DEFAULT_RULE = "fedit"
+DEFAULT_RULE = "secure-stack"
 
 
 def register(sub: Any) -> None:

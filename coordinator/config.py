@@ -59,7 +59,7 @@ class FederationConfig(_Strict):
     """Name under which versions are published in the model store."""
     base_fingerprint: str
     task: Literal["causal-lm", "seq-cls"] = "causal-lm"
-    rule: str = "fedit"
+    rule: str = "secure-stack"
     rule_params: dict[str, Any] = Field(default_factory=dict)
     rounds: int = Field(3, ge=1)
     min_sites: int = Field(2, ge=1)
