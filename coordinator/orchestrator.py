@@ -16,7 +16,8 @@ Stages of a round::
 
 A phase runs in a collector: ``PlainCollector`` (float32 uploads, plaintext) or a secure sum.
 A coordinator restart loses the round in flight; the next round starts fresh (fresh nonce, fresh
-keys), and finished versions are never touched.
+keys), and finished versions are never touched. History, known sites and the running flag come
+back from the state database (``state.restore``) through the constructor.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any, Callable, Mapping, Protocol
+from typing import Any, Callable, Mapping, Protocol, Sequence
 
 import numpy as np
 
@@ -109,6 +110,9 @@ class Orchestrator:
         observer: RoundObserver | None = None,
         clock: Callable[[], float] = time.monotonic,
         online_window: float = 60.0,
+        history: Sequence[Mapping[str, Any]] = (),
+        known_sites: Sequence[Mapping[str, Any]] = (),
+        running: bool = True,
     ) -> None:
         self.rule, self.fed, self.secure = rule, fed, secure
         self.publisher, self.observer = publisher, observer
@@ -118,8 +122,10 @@ class Orchestrator:
         self.glob, self.global_version, self.rounds_done = glob, global_version, rounds_done
         self.sites: dict[SiteId, SiteRecord] = {}
         self.current: RoundRecord | None = None
-        self.running = True
-        self.history: list[dict[str, Any]] = []
+        self.running = running
+        self.history: list[dict[str, Any]] = [dict(h) for h in history]
+        self.known_sites = {str(s["site"]): dict(s) for s in known_sites}
+        """Sites enrolled before a restart that have not said Hello since (shown offline in ``status``)."""
         self.shapes: dict[str, tuple[int, int]] | None = None
         self._cond = threading.Condition(threading.RLock())
         self._step = time.time_ns() // 1000  # grows across restarts, so agents never see a step go back
@@ -150,6 +156,7 @@ class Orchestrator:
                 record.assignment = old.assignment
             self.sites[site] = record
             log.info("site %s enrolled (n=%d, rank=%d)", site, num_samples, rank, extra={"site": site})
+            self._event("site_enrolled", site=site, num_samples=num_samples, rank=rank, alpha=alpha)
             return record.assignment.step
 
     def wait(self, site: SiteId, after_step: int, timeout: float) -> Assignment:
@@ -230,6 +237,7 @@ class Orchestrator:
         """Start or pause the federation (a paused one finishes no new rounds)."""
         with self._cond:
             self.running = running
+            self._event("federation_running", running=running)
             if not running and self.current is not None:
                 self._discard(self.current, "federation paused by the operator")
 
@@ -251,11 +259,11 @@ class Orchestrator:
                     "round": rnd.number, "id": rnd.spec.round_id, "stage": rnd.stage.value, "phase": rnd.phase,
                     "cohort": sorted(rnd.cohort), "participants": sorted(rnd.participants),
                 },
-                "sites": [
+                "sites": sorted([
                     {"site": s.site, "online": now - s.last_seen < self.online_window, "num_samples": s.num_samples,
                      "rank": s.rank, "last_seen_seconds_ago": round(now - s.last_seen, 1)}
-                    for s in sorted(self.sites.values(), key=lambda r: r.site)
-                ],
+                    for s in self.sites.values()
+                ] + [dict(s) for k, s in self.known_sites.items() if k not in self.sites], key=lambda s: str(s["site"])),
                 "history": list(self.history),
             }
 
@@ -314,7 +322,7 @@ class Orchestrator:
         for site in cohort:
             self._assign(site, Step.TRAIN, rnd, spec_json=spec_json)
         log.info("round %d opened with %d sites (%s)", number, len(cohort), spec.round_id, extra={"round": number})
-        self._event("round_opened", round=number, cohort=len(cohort))
+        self._event("round_opened", round=number, cohort=len(cohort), round_id=spec.round_id)
 
     def _secagg_spec(self, cohort: set[SiteId]) -> dict[str, Any]:
         # Sites divide every submitted value by this public constant so weighted values stay inside the
@@ -428,13 +436,13 @@ class Orchestrator:
         self.history.append(entry)
         log.info("round %d published as %s (%d contributors)", rnd.number, version, len(rnd.participants),
                  extra={"round": rnd.number, "version": version})
-        self._event("round_published", **entry)
+        self._event("round_published", round_id=rnd.spec.round_id, **entry)
         self._close(rnd, f"published {version}")
 
     def _discard(self, rnd: RoundRecord, why: str) -> None:
         log.warning("round %d discarded: %s", rnd.number, why, extra={"round": rnd.number})
         self.history.append({"round": rnd.number, "version": None, "discarded": why})
-        self._event("round_discarded", round=rnd.number, reason=why)
+        self._event("round_discarded", round=rnd.number, reason=why, round_id=rnd.spec.round_id)
         self._close(rnd, f"discarded: {why}")
 
     def _close(self, rnd: RoundRecord, message: str) -> None:

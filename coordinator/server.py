@@ -28,6 +28,7 @@ from .metrics import Metrics
 from .orchestrator import Orchestrator
 from .publish import publish
 from .registry import FileModelStore
+from .state import Observers, SqliteStateStore, StateRecorder, restore
 from .servicer import AdminServicer, FederationServicer, ModelsServicer
 from .status_page import StatusServer, start_http
 
@@ -70,6 +71,7 @@ class RunningCoordinator:
     metrics: Metrics
     http: StatusServer | None = None
     http_port: int | None = None
+    state: SqliteStateStore | None = None
 
     def stop(self, grace: float = 1.0) -> None:
         """Stop serving and the driver thread."""
@@ -79,6 +81,8 @@ class RunningCoordinator:
             self.http.stop()
         for t in self.threads:
             t.join(timeout=5)
+        if self.state is not None:
+            self.state.close()
 
 
 def start(cfg: CoordinatorConfig, metrics: Metrics | None = None, tick_seconds: float = 0.1) -> RunningCoordinator:
@@ -91,6 +95,8 @@ def start(cfg: CoordinatorConfig, metrics: Metrics | None = None, tick_seconds: 
         log.warning("secure aggregation is DISABLED: the coordinator sees every site's individual update")
     store = FileModelStore(cfg.state_dir / "store")
     glob, version, rounds_done = load_global(store, fed.model, dense=fed.rule == "dense")
+    state = SqliteStateStore(cfg.state_dir / "state.db")
+    restored = restore(state, fed.name, fed.model, store)
     key_pem, cert_pem = cfg.tls.key.read_bytes(), cfg.tls.cert.read_bytes()
 
     def publisher(round_number: int, agg: Aggregate, facts: dict[str, Any]) -> str:
@@ -103,7 +109,9 @@ def start(cfg: CoordinatorConfig, metrics: Metrics | None = None, tick_seconds: 
         secure_sum_factory = make_factory(cfg)
     orch = Orchestrator(rule=rule, fed=fed, secure=cfg.secagg.enabled, publisher=publisher, glob=glob,
                         rounds_done=rounds_done, global_version=version, secure_sum_factory=secure_sum_factory,
-                        observer=metrics, online_window=max(60.0, 3 * cfg.server.long_poll_seconds))
+                        observer=Observers(metrics, StateRecorder(state, fed.name, fed.model)),
+                        online_window=max(60.0, 3 * cfg.server.long_poll_seconds), history=restored.history,
+                        known_sites=restored.sites, running=restored.running)
     ca_pem = cfg.tls.ca.read_bytes()
     from cryptography import x509
 
@@ -151,7 +159,7 @@ def start(cfg: CoordinatorConfig, metrics: Metrics | None = None, tick_seconds: 
         log.info("metrics and status page on http://%s:%d/status", cfg.server.metrics_listen.rsplit(":", 1)[0], http_port)
     log.info("coordinator listening on port %d (federation %s, rule %s, secure aggregation %s)", port, fed.name,
              fed.rule, "on" if cfg.secagg.enabled else "OFF", extra={"port": port})
-    return RunningCoordinator(server, port, orch, store, stop_event, [driver], metrics, http, http_port)
+    return RunningCoordinator(server, port, orch, store, stop_event, [driver], metrics, http, http_port, state)
 
 
 def serve(cfg: CoordinatorConfig, exit_when_done: bool = False) -> int:
