@@ -30,6 +30,7 @@ from ..proto import federation_pb2 as pb
 from ..proto import tensors_pb2 as tpb
 from ..strategies.base import Broadcast, IndividualRule, LocalUpdate, RoundContext, Rule
 from ..strategies.registry import make_rule
+from .privacy_ledger import BudgetExhausted
 from .trainer import TrainHyper, TrainResult, Trainer
 
 log = logging.getLogger("fedquilt.agent")
@@ -142,13 +143,18 @@ class AgentLoop:
         plan = rule.start(glob, ctx, self.site, self.alpha, state=self.rule_state)
         hp = TrainHyper.model_validate(spec.train)
         log.info("round %d: training (rule %s, rank %d)", spec.round, spec.rule, plan.rank)
-        session = self.privacy.begin(hp, len(self.data)) if self.privacy is not None else None
-        result: TrainResult = self.trainer.train(plan, self.data, hp, progress=self.progress, privacy=session) \
-            if session is not None else self.trainer.train(plan, self.data, hp, progress=self.progress)
+        try:
+            result: TrainResult = self.trainer.train(plan, self.data, hp, progress=self.progress)
+        except BudgetExhausted as exc:
+            # No submit: the coordinator's training deadline moves the round on without this site.
+            log.error("round %d: not taking part, %s; this site submits nothing and declines every later "
+                      "round that would pass its DP budget", spec.round, exc)
+            self.work = None
+            return
         metrics: dict[str, Any] = {"n": result.n_samples, "loss_before": _finite(result.loss_before),
                                    "loss_after": _finite(result.loss_after), "steps": len(result.losses)}
-        if session is not None:
-            metrics["dp"] = session.report()
+        if self.privacy is not None:
+            metrics["dp"] = self.privacy.report_of(result)  # refuses a result trained without DP
         self.work = RoundWork(spec=spec, rule=rule, ctx=ctx, update=result.update, n=result.n_samples)
         if self.keep_submissions and result.update.adapter:
             from ..strategies.adapters import save_peft

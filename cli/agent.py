@@ -37,8 +37,18 @@ def build_loop(config_path: Path, progress: bool = True) -> Any:
     from ..agent.transport import Transport, channel
 
     cfg = load_agent_config(config_path)
-    trainer = LoraTrainer(cfg.model.dir, cfg.model.task, cfg.model.target_modules, device=cfg.model.device,
-                          seed=cfg.seed)
+    privacy = None
+    trainer: LoraTrainer
+    if cfg.dp is not None:
+        from ..agent.dp_trainer import DPLoraTrainer
+        from ..agent.privacy_session import PrivacySite
+
+        privacy = PrivacySite.from_config(cfg.dp, cfg.state_dir / "privacy.json")
+        trainer = DPLoraTrainer(cfg.model.dir, cfg.model.task, cfg.model.target_modules, privacy,
+                                device=cfg.model.device, seed=cfg.seed)
+    else:
+        trainer = LoraTrainer(cfg.model.dir, cfg.model.task, cfg.model.target_modules, device=cfg.model.device,
+                              seed=cfg.seed)
     data = load_dataset(cfg.data.train, trainer.tokenizer, cfg.model.task, cfg.model.max_length, cfg.model.num_labels)
     eval_data = None
     if cfg.data.eval is not None:
@@ -47,11 +57,6 @@ def build_loop(config_path: Path, progress: bool = True) -> Any:
     chan = channel(cfg.coordinator.address, cfg.tls.ca.read_bytes(), cfg.tls.cert.read_bytes(), cfg.tls.key.read_bytes(),
                    cfg.coordinator.server_name)
     transport = Transport(chan, max_backoff=cfg.coordinator.max_backoff)
-    privacy = None
-    if cfg.dp is not None:
-        from ..agent.privacy_session import PrivacySite
-
-        privacy = PrivacySite.from_config(cfg.dp, cfg.state_dir / "privacy.json")
     hello = hello_request(trainer, fingerprint(cfg.model.dir), data.n, cfg.model.rank, cfg.model.alpha, cfg.model.task,
                           __version__)
     from ..agent.secure_sum import SecureSumClient
