@@ -83,3 +83,35 @@ def test_full_fedit_round_publishes_an_adapter_peft_loads_exactly(federation, tm
         got = PeftModel.from_pretrained(base, str(tmp_path / "pulled")).eval()(input_ids=ids).logits
     assert torch.allclose(got, expected, atol=1e-5, rtol=1e-5)
     assert (got - base_logits).abs().max() > 1e-3  # the federation changed the model
+
+
+def test_operator_and_consumer_commands(federation, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`fedquilt admin status|sites|stop`, `fedquilt pull` and `fedquilt merge` against a live federation."""
+    from fedquilt.agent.basemodel import fingerprint
+    from fedquilt.cli.main import main
+
+    fed = federation(sites=2, secagg=True, rounds=1)
+    fed.start_agents()
+    fed.wait_rounds()
+    creds = ["--coordinator", fed.address, "--ca", str(fed.files.ca_dir / "ca.pem"), "--cert", str(fed.files.admin_cert),
+             "--key", str(fed.files.admin_key)]
+    assert main(["admin", *creds, "--server-name", "localhost", "status"]) == 0
+    status = json.loads(capsys.readouterr().out)
+    assert status["rounds_done"] == 1 and status["history"][0]["version"] == "v0001"
+    assert main(["admin", *creds, "--server-name", "localhost", "sites"]) == 0
+    assert "site-0" in capsys.readouterr().out
+    assert main(["admin", *creds, "--server-name", "localhost", "stop"]) == 0
+    assert "paused" in capsys.readouterr().out and not fed.running.orchestrator.running
+
+    assert main(["pull", f"{fed.files.model}:v0001", "--out", str(tmp_path / "adapter"), *creds]) == 0
+    assert main(["merge", "--base", str(fed.ws.model_dir), "--adapter", str(tmp_path / "adapter"),
+                 "--out", str(tmp_path / "merged")]) == 0
+    assert main(["fingerprint", str(tmp_path / "merged")]) == 0
+    assert capsys.readouterr().out.strip().endswith(fingerprint(tmp_path / "merged"))
+    base, tok = load_base(fed.ws.model_dir, "causal-lm", device="cpu")
+    merged, _ = load_base(tmp_path / "merged", "causal-lm", device="cpu")
+    ids = tok(["merged weights serve without peft"], return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        via_peft = PeftModel.from_pretrained(base, str(tmp_path / "adapter")).eval()(input_ids=ids).logits
+        via_merge = merged(input_ids=ids).logits
+    assert torch.allclose(via_peft, via_merge, atol=1e-5)

@@ -1,0 +1,64 @@
+"""``fedquilt admin``: operator RPCs over mTLS with an admin certificate."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+
+def register(sub: Any) -> None:
+    """Add ``admin`` and its actions."""
+    p = sub.add_parser("admin", help="operator commands: status, sites, start/stop the federation")
+    p.add_argument("--coordinator", default="localhost:7443", help="coordinator address (default localhost:7443)")
+    p.add_argument("--ca", type=Path, required=True, help="federation CA certificate (PEM)")
+    p.add_argument("--cert", type=Path, required=True, help="an admin certificate (`fedquilt certs issue --role admin`)")
+    p.add_argument("--key", type=Path, required=True, help="its private key")
+    p.add_argument("--server-name", help="TLS name to expect on the coordinator certificate")
+    asub = p.add_subparsers(dest="admin_command", metavar="ACTION", required=True)
+    asub.add_parser("status", help="federation, current round, history (JSON)").set_defaults(func=_status)
+    asub.add_parser("sites", help="enrolled sites and whether they are online").set_defaults(func=_sites)
+    asub.add_parser("start", help="let the federation run rounds").set_defaults(func=_start)
+    asub.add_parser("stop", help="pause: discard the round in flight, open no new one").set_defaults(func=_stop)
+
+
+def _stub(args: argparse.Namespace) -> Any:
+    from ..agent.transport import channel
+    from ..proto import federation_pb2_grpc as pb_grpc
+
+    chan = channel(args.coordinator, args.ca.read_bytes(), args.cert.read_bytes(), args.key.read_bytes(), args.server_name)
+    return pb_grpc.AdminStub(chan)
+
+
+def _status(args: argparse.Namespace) -> int:
+    from ..proto import federation_pb2 as pb
+
+    print(json.dumps(json.loads(_stub(args).Status(pb.StatusRequest(), timeout=30).json), indent=2))
+    return 0
+
+
+def _sites(args: argparse.Namespace) -> int:
+    from ..proto import federation_pb2 as pb
+
+    sites = _stub(args).ListSites(pb.ListSitesRequest(), timeout=30).sites
+    print(f"{'site':<24} {'online':<7} {'samples':>8} {'rank':>5}  last seen")
+    for s in sites:
+        print(f"{s.site_id:<24} {'yes' if s.online else 'no':<7} {s.num_samples:>8} {s.lora_rank:>5}  {s.last_seen}")
+    return 0
+
+
+def _set(args: argparse.Namespace, running: bool) -> int:
+    from ..proto import federation_pb2 as pb
+
+    status = json.loads(_stub(args).SetFederationState(pb.FederationStateRequest(running=running), timeout=30).json)
+    print(f"federation {status['federation']}: {'running' if status['running'] else 'paused'}")
+    return 0
+
+
+def _start(args: argparse.Namespace) -> int:
+    return _set(args, True)
+
+
+def _stop(args: argparse.Namespace) -> int:
+    return _set(args, False)

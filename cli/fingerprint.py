@@ -1,0 +1,24 @@
+"""``fedquilt fingerprint MODEL_DIR``: the base-model fingerprint a federation pins."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+
+def register(sub: Any) -> None:
+    """Add ``fingerprint``."""
+    p = sub.add_parser(
+        "fingerprint", help="print the sha256 fingerprint of a local base model folder",
+        description="sha256 over the model's config.json and every weight tensor (name, dtype, shape, bytes). Put it "
+                    "in the coordinator's [federation] base_fingerprint; agents with another base are refused.")
+    p.add_argument("model_dir", type=Path, help="a local Hugging Face model folder (safetensors weights)")
+    p.set_defaults(func=_fingerprint)
+
+
+def _fingerprint(args: argparse.Namespace) -> int:
+    from ..agent.basemodel import fingerprint
+
+    print(fingerprint(args.model_dir))
+    return 0
