@@ -36,12 +36,17 @@ log = logging.getLogger("fedquilt.coordinator")
 
 
 def load_global(store: FileModelStore, model: str, dense: bool) -> tuple[Aggregate | None, str | None, int]:
-    """The latest published version as the global state (None before the first round)."""
+    """The newest published version as the global state (None before the first round).
+
+    The newest manifest, not the ``latest`` tag: the manifest is the commit point, and a crash between it
+    and the tag update must not make the coordinator redo (and fail to re-publish) that round.
+    """
     versions = store.versions(model)
     if not versions:
         return None, None, 0
-    version = store.resolve(model, "latest")
-    manifest = store.manifest(model, version)
+    manifests = {v: store.manifest(model, v) for v in versions}
+    version = max(versions, key=lambda v: int(manifests[v]["round"]))  # names stop sorting by round past v9999
+    manifest = manifests[version]
     with tempfile.TemporaryDirectory() as tmp:
         for name in manifest["files"]:
             (Path(tmp) / name).write_bytes(store.read(model, version, name))
