@@ -20,6 +20,7 @@ The result is a ``DPTrainResult``: a ``TrainResult`` with the round's ``PrivacyR
 from __future__ import annotations
 
 import contextlib
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -107,7 +108,10 @@ class DPLoraTrainer(LoraTrainer):
     ) -> list[float]:
         """The training loop, then ``close`` the DP run before anything evaluates the model."""
         try:
-            losses = super()._loop(model, optimizer, loader, params, hp, steps, progress)
+            with warnings.catch_warnings():
+                # Opacus's hooks on a model whose inputs (token ids) need no gradient: expected, harmless.
+                warnings.filterwarnings("ignore", message="Full backward hook is firing")
+                losses = super()._loop(model, optimizer, loader, params, hp, steps, progress)
         except BaseException:
             self._abandon_run()
             raise

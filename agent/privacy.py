@@ -357,10 +357,11 @@ def make_private(
                 f"site privacy budget spent: ε would reach {eps:.2f} after round "
                 f"{ledger.rounds + 1} (budget {budget}, δ={cfg.delta}); refusing to train"
             )
-    engine = PrivacyEngine(accountant=cfg.accountant.value)
     try:
         with warnings.catch_warnings():
+            # Both the constructor and make_private warn; see docs/privacy.md, "Secure RNG".
             warnings.filterwarnings("ignore", message="Secure RNG turned off")
+            engine = PrivacyEngine(accountant=cfg.accountant.value)
             wrapped = engine.make_private(
                 module=model, optimizer=optimizer, criterion=SequenceLoss(), data_loader=loader,
                 noise_multiplier=noise, max_grad_norm=cfg.max_grad_norm,
