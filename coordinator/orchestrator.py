@@ -124,8 +124,9 @@ class Orchestrator:
         self.current: RoundRecord | None = None
         self.running = running
         self.history: list[dict[str, Any]] = [dict(h) for h in history]
-        self.known_sites = {str(s["site"]): dict(s) for s in known_sites}
-        """Sites enrolled before a restart that have not said Hello since (shown offline in ``status``)."""
+        self.known_sites = {str(s["site"]): (dict(s), clock() - float(s.get("last_seen_seconds_ago") or 0.0))
+                            for s in known_sites}
+        """Sites enrolled before a restart (status entry, last seen on ``clock``), shown offline until they say Hello."""
         self.shapes: dict[str, tuple[int, int]] | None = None
         self._cond = threading.Condition(threading.RLock())
         self._step = time.time_ns() // 1000  # grows across restarts, so agents never see a step go back
@@ -263,7 +264,8 @@ class Orchestrator:
                     {"site": s.site, "online": now - s.last_seen < self.online_window, "num_samples": s.num_samples,
                      "rank": s.rank, "last_seen_seconds_ago": round(now - s.last_seen, 1)}
                     for s in self.sites.values()
-                ] + [dict(s) for k, s in self.known_sites.items() if k not in self.sites], key=lambda s: str(s["site"])),
+                ] + [{**s, "online": False, "last_seen_seconds_ago": round(now - seen, 1)}
+                       for k, (s, seen) in self.known_sites.items() if k not in self.sites], key=lambda s: str(s["site"])),
                 "history": list(self.history),
             }
 

@@ -247,6 +247,9 @@ def test_orchestrator_hooks_write_through_the_recorder(tmp_path: Path) -> None:
                                   "discarded": "only 0 sites finished training, need 2"}]
     assert [(s["site"], s["online"], s["num_samples"]) for s in status["sites"]] == [("site-0", False, 10),
                                                                                    ("site-1", False, 11)]
+    mono.t = 16.0  # a site that has not come back ages on the orchestrator's clock
+    assert [s["last_seen_seconds_ago"] for s in again.status()["sites"]] == [10.0, 10.0]
     again.hello("site-1", 11, 4, 16.0, "f" * 64, "causal-lm", {"m": (8, 8)})  # type: ignore[arg-type]
-    assert [(s["site"], s["online"]) for s in again.status()["sites"]] == [("site-0", False), ("site-1", True)]
+    assert [(s["site"], s["online"], s["last_seen_seconds_ago"]) for s in again.status()["sites"]] == [
+        ("site-0", False, 10.0), ("site-1", True, 0.0)]
     state.close()
