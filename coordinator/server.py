@@ -47,6 +47,9 @@ def load_global(store: FileModelStore, model: str, dense: bool) -> tuple[Aggrega
     manifests = {v: store.manifest(model, v) for v in versions}
     version = max(versions, key=lambda v: int(manifests[v]["round"]))  # names stop sorting by round past v9999
     manifest = manifests[version]
+    if store.tags_of(model, version).count("latest") == 0:  # a crash landed between manifest and tag: repair
+        log.warning("moving tag latest of %s to %s (it lagged behind the newest version)", model, version)
+        store.tag(model, "latest", version)
     with tempfile.TemporaryDirectory() as tmp:
         for name in manifest["files"]:
             (Path(tmp) / name).write_bytes(store.read(model, version, name))

@@ -107,6 +107,8 @@ class _Handler(BaseHTTPRequestHandler):
                 self._send(HTTPStatus.FOUND, b"", "text/plain", {"Location": "/status"})
             else:
                 self._send(HTTPStatus.NOT_FOUND, f"no page {path}\n".encode(), "text/plain; charset=utf-8")
+        except (BrokenPipeError, ConnectionResetError):
+            log.debug("status page client went away during %s", path)
         except Exception:  # the page must answer 500, not drop the connection, when the status fails
             log.exception("status page error on %s", path)
             self._send(HTTPStatus.INTERNAL_SERVER_ERROR, b"internal error (see coordinator log)\n", "text/plain")

@@ -39,7 +39,7 @@ def _published_delta(fed, version: str, tmp: Path) -> dict[str, torch.Tensor]:
 
 def test_secure_stack_equals_plaintext_stack_on_the_same_factors(federation, tmp_path: Path) -> None:
     ranks = [4, 8, 6]
-    fed = federation(sites=3, rule="secure-stack", rounds=1, ranks=ranks, keep_submissions=True,
+    fed = federation(sites=3, rule="secure-stack", rounds=1, ranks=ranks, keep_submissions=True, min_sites=3,
                      train={"local_steps": 3, "batch_size": 8, "lr": 1e-2})
     fed.start_agents()
     history = fed.wait_rounds()
@@ -55,7 +55,7 @@ def test_secure_stack_equals_plaintext_stack_on_the_same_factors(federation, tmp
     for i, cfg in enumerate(fed.files.agent_configs):
         site = f"site-{i}"
         folders = list((cfg.parent / "state" / "submissions").glob("*-update"))
-        assert len(folders) == 1
+        assert len(folders) == 1, (site, sorted(str(p.relative_to(cfg.parent)) for p in cfg.parent.rglob("*")))
         adapter = load_peft(folders[0])
         spec_ranks[site] = ranks[i]
         n = 96  # each demo site holds 96 training rows
