@@ -93,8 +93,8 @@ class AgentLoop:
             try:
                 task = self.transport.wait(self.after_step)
             except grpc.RpcError as exc:
-                if exc.code() is grpc.StatusCode.FAILED_PRECONDITION:  # type: ignore[attr-defined]
-                    log.warning("coordinator does not know us (%s); enrolling again", exc.details())  # type: ignore[attr-defined]
+                if exc.code() is grpc.StatusCode.FAILED_PRECONDITION:
+                    log.warning("coordinator does not know us (%s); enrolling again", exc.details())
                     self.enrol()
                     continue
                 raise
@@ -122,7 +122,7 @@ class AgentLoop:
                 self.work = None
         except grpc.RpcError as exc:
             # The coordinator refused this step (stale, duplicate, …): the round goes on without us.
-            log.warning("%s for %s refused: %s %s", kind, task.round_id, exc.code().name, exc.details())  # type: ignore[attr-defined]
+            log.warning("%s for %s refused: %s %s", kind, task.round_id, exc.code().name, exc.details())
         except Exception:
             log.exception("%s for round %s failed; this site drops out of the round", kind, task.round_id)
             self.work = None

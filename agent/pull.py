@@ -55,7 +55,7 @@ def _receive(stream: Any) -> tuple[str, dict[str, bytes]]:
 
 def pull(chan: grpc.Channel, model: str, ref: str, out_dir: Path, ca_pem: bytes) -> dict[str, Any]:
     """Download, verify (hashes, signature against the CA), then write ``out_dir`` atomically."""
-    stub = pb_grpc.ModelsStub(chan)
+    stub = pb_grpc.ModelsStub(chan)  # type: ignore[no-untyped-call]  # generated, untyped
     version, files = _receive(stub.Pull(pb.PullRequest(model=model, version=ref), timeout=600))
     if "manifest.json" not in files:
         raise PullError("the coordinator sent no manifest.json")

@@ -63,6 +63,7 @@ class SecureSumClient:
         elif kind == pb.SECAGG_MASKED:
             session = self._session(task)
             masked = session.handle(codec.decode_secagg("SharesRelay", task.payload))
+            assert isinstance(masked, sa.MaskedInput), "a SharesRelay is always answered with a MaskedInput"
             encoding = tpb.RING_U32 if masked.vector.dtype == np.uint32 else tpb.RING_U64
             loop.transport.upload(task.round_id, task.step, task.phase, encoding,
                                   codec.encode_masked(masked.session_id, masked.vector))

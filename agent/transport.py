@@ -37,7 +37,7 @@ class Transport:
 
     def __init__(self, chan: grpc.Channel, max_backoff: float = 30.0, sleep: Callable[[float], None] = time.sleep,
                  give_up_after: float | None = None) -> None:
-        self.stub = pb_grpc.FederationStub(chan)
+        self.stub = pb_grpc.FederationStub(chan)  # type: ignore[no-untyped-call]  # generated, untyped
         self.max_backoff, self.sleep, self.give_up_after = max_backoff, sleep, give_up_after
         self.on_reconnect: Callable[[], None] | None = None
         self.chunk_bytes = codec.CHUNK_BYTES
@@ -52,7 +52,7 @@ class Transport:
                     self.on_reconnect()
                 return result
             except grpc.RpcError as exc:
-                code = exc.code()  # type: ignore[attr-defined]
+                code = exc.code()
                 if code not in RETRYABLE:
                     raise
                 if self.give_up_after is not None and time.monotonic() - started > self.give_up_after:
@@ -72,8 +72,9 @@ class Transport:
 
     def wait(self, after_step: int, seconds: float = 20.0) -> pb.Task:
         """Long-poll for the next step."""
-        return self._retry("wait", lambda: self.stub.WaitForTask(
+        task: pb.Task = self._retry("wait", lambda: self.stub.WaitForTask(
             pb.WaitRequest(after_step=after_step, wait_seconds=seconds), timeout=seconds + 15))
+        return task
 
     def download(self, what: int, round_id: str = "", phase: int = 0) -> bytes:
         """A whole chunked download, hash-checked."""
@@ -83,10 +84,12 @@ class Transport:
     def upload(self, round_id: str, step: int, phase: int, encoding: int, tensors_or_vector: bytes,
                layout: Iterable[tuple[str, tuple[int, ...]]] = ()) -> pb.Ack:
         """A chunked upload ending with the payload's sha256 (safe to retry: the server is idempotent)."""
-        header_fields = dict(round_id=round_id, step=step, phase=phase, encoding=encoding,
-                             layout=codec.layout_to_pb(layout))
-        return self._retry("upload", lambda: self.stub.Upload(
-            codec.upload_messages(pb.UploadHeader(**header_fields), tensors_or_vector, self.chunk_bytes), timeout=600))
+        layout_pb = codec.layout_to_pb(layout)
+        ack: pb.Ack = self._retry("upload", lambda: self.stub.Upload(
+            codec.upload_messages(pb.UploadHeader(round_id=round_id, step=step, phase=phase, encoding=encoding,
+                                                  layout=layout_pb), tensors_or_vector, self.chunk_bytes),
+            timeout=600))
+        return ack
 
     def upload_tensors(self, round_id: str, step: int, phase: int, tensors: dict[str, np.ndarray]) -> pb.Ack:
         """Plaintext float32 vectors."""
@@ -94,4 +97,5 @@ class Transport:
 
     def submit(self, req: pb.SubmitRequest) -> pb.Ack:
         """A small step reply."""
-        return self._retry("submit", lambda: self.stub.Submit(req, timeout=60))
+        ack: pb.Ack = self._retry("submit", lambda: self.stub.Submit(req, timeout=60))
+        return ack
