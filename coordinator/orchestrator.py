@@ -36,6 +36,7 @@ import numpy as np
 from ..proto.codec import RoundSpec, encode_aggregate, encode_spec, encode_tensors
 from ..strategies.base import Aggregate, Broadcast, IndividualRule, RoundContext, Rule
 from .collect import PlainCollector
+from .config import FederationConfig
 from .errors import Duplicate, InvalidRequest, Mismatch, NotEnrolled, NotInCohort, StaleStep
 from .steps import Assignment, SiteId, Step
 
@@ -100,7 +101,7 @@ class Orchestrator:
         self,
         *,
         rule: Rule | IndividualRule,
-        fed: Any,
+        fed: FederationConfig,
         secure: bool,
         publisher: Publisher,
         glob: Aggregate | None,

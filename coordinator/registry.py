@@ -143,8 +143,9 @@ class FileModelStore:
         entry = self.manifest(model, version)["files"].get(path)
         if entry is None:
             raise UnknownVersion(f"{model}:{version} has no file {path!r}")
-        body = (self.root / "blobs" / entry["sha256"]).read_bytes()
-        if hashlib.sha256(body).hexdigest() != entry["sha256"]:
+        digest: str = entry["sha256"]
+        body = (self.root / "blobs" / digest).read_bytes()
+        if hashlib.sha256(body).hexdigest() != digest:
             raise StoreError(f"{model}:{version}/{path} is corrupt on disk (hash mismatch)")
         return body
 

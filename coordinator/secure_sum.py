@@ -144,8 +144,8 @@ class SecureSum:
         if not self.layouts:
             raise sa.ThresholdNotMet("no site declared its vector layout")
         counts: dict[str, list[SiteId]] = {}
-        for site, layout in self.layouts.items():
-            counts.setdefault(repr(layout), []).append(site)
+        for site, declared in self.layouts.items():
+            counts.setdefault(repr(declared), []).append(site)
         agreed_key = max(counts, key=lambda k: len(counts[k]))
         agreeing = set(counts[agreed_key])
         for site in set(self.layouts) - agreeing:

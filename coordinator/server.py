@@ -131,10 +131,12 @@ def start(cfg: CoordinatorConfig, metrics: Metrics | None = None, tick_seconds: 
                ("grpc.max_send_message_length", cfg.server.max_message_bytes)]
     chunk = min(codec.CHUNK_BYTES, cfg.server.max_message_bytes // 2)  # room for the message's other fields
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=cfg.server.max_workers), options=options)
-    pb_grpc.add_FederationServicer_to_server(
+    pb_grpc.add_FederationServicer_to_server(  # type: ignore[no-untyped-call]  # generated, untyped
         FederationServicer(orch, authz, cfg.server.max_upload_bytes, cfg.server.long_poll_seconds, metrics, chunk), server)
-    pb_grpc.add_ModelsServicer_to_server(ModelsServicer(store, authz, metrics, chunk), server)
-    pb_grpc.add_AdminServicer_to_server(AdminServicer(orch, authz, metrics), server)
+    pb_grpc.add_ModelsServicer_to_server(  # type: ignore[no-untyped-call]  # generated, untyped
+        ModelsServicer(store, authz, metrics, chunk), server)
+    pb_grpc.add_AdminServicer_to_server(  # type: ignore[no-untyped-call]  # generated, untyped
+        AdminServicer(orch, authz, metrics), server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     names = [d.full_name for d in pb.DESCRIPTOR.services_by_name.values()] + [health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,

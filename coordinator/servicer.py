@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable, Iterator, Mapping, Sequence, cast
 
 import grpc
 
@@ -22,8 +22,14 @@ from .steps import Assignment, SiteId, Step
 _ANY_ROLE = {Role.SITE, Role.ADMIN, Role.COORDINATOR}
 
 
+def _auth(context: grpc.ServicerContext) -> Mapping[str, Sequence[bytes]]:
+    # grpc gives every auth property as a list of bytes; types-grpcio declares a single bytes value.
+    return cast("Mapping[str, Sequence[bytes]]", context.auth_context())
+
+
 def _task(a: Assignment) -> pb.Task:
-    return pb.Task(step=a.step, kind=pb.StepKind.Value(a.kind.value), round_id=a.round_id, phase=a.phase,
+    return pb.Task(step=a.step, kind=pb.StepKind.Value(a.kind.value),  # type: ignore[arg-type]  # int is a StepKind
+                   round_id=a.round_id, phase=a.phase,
                    spec_json=a.spec_json, payload=a.payload, message=a.message)
 
 
@@ -37,7 +43,7 @@ class FederationServicer(pb_grpc.FederationServicer):
         self.max_upload_bytes, self.long_poll = max_upload_bytes, long_poll
 
     def _site(self, context: grpc.ServicerContext) -> SiteId:
-        return SiteId(self.authz.check(context.auth_context(), Role.SITE).site_id)
+        return SiteId(self.authz.check(_auth(context), Role.SITE).site_id)
 
     def Hello(self, request: pb.HelloRequest, context: grpc.ServicerContext) -> pb.HelloReply:
         with translated(context, "Hello", self.metrics):
@@ -113,7 +119,7 @@ class ModelsServicer(pb_grpc.ModelsServicer):
 
     def ListVersions(self, request: pb.ListVersionsRequest, context: grpc.ServicerContext) -> pb.VersionList:
         with translated(context, "ListVersions", self.metrics):
-            self.authz.check(context.auth_context(), _ANY_ROLE)
+            self.authz.check(_auth(context), _ANY_ROLE)
             out = []
             for version in self.store.versions(request.model):
                 m = self.store.manifest(request.model, version)
@@ -124,7 +130,7 @@ class ModelsServicer(pb_grpc.ModelsServicer):
 
     def Pull(self, request: pb.PullRequest, context: grpc.ServicerContext) -> Iterator[pb.FileChunk]:
         with translated(context, "Pull", self.metrics):
-            self.authz.check(context.auth_context(), _ANY_ROLE)
+            self.authz.check(_auth(context), _ANY_ROLE)
             version = self.store.resolve(request.model, request.version or "latest")
             manifest = self.store.manifest(request.model, version)
             files = {"manifest.json": json.dumps(manifest, indent=2, sort_keys=True).encode()}
@@ -144,12 +150,12 @@ class AdminServicer(pb_grpc.AdminServicer):
 
     def Status(self, request: pb.StatusRequest, context: grpc.ServicerContext) -> pb.StatusReply:
         with translated(context, "Status", self.metrics):
-            self.authz.check(context.auth_context(), Role.ADMIN)
+            self.authz.check(_auth(context), Role.ADMIN)
             return pb.StatusReply(json=json.dumps(self.orch.status()))
 
     def ListSites(self, request: pb.ListSitesRequest, context: grpc.ServicerContext) -> pb.SiteList:
         with translated(context, "ListSites", self.metrics):
-            self.authz.check(context.auth_context(), Role.ADMIN)
+            self.authz.check(_auth(context), Role.ADMIN)
             sites = self.orch.status()["sites"]
             return pb.SiteList(sites=[pb.SiteInfo(site_id=s["site"], online=s["online"], num_samples=s["num_samples"],
                                                   lora_rank=s["rank"], last_seen=f"{s['last_seen_seconds_ago']}s ago")
@@ -157,6 +163,6 @@ class AdminServicer(pb_grpc.AdminServicer):
 
     def SetFederationState(self, request: pb.FederationStateRequest, context: grpc.ServicerContext) -> pb.StatusReply:
         with translated(context, "SetFederationState", self.metrics):
-            self.authz.check(context.auth_context(), Role.ADMIN)
+            self.authz.check(_auth(context), Role.ADMIN)
             self.orch.set_running(bool(request.running))
             return pb.StatusReply(json=json.dumps(self.orch.status()))
