@@ -28,7 +28,7 @@ def _stub(args: argparse.Namespace) -> Any:
     from ..proto import federation_pb2_grpc as pb_grpc
 
     chan = channel(args.coordinator, args.ca.read_bytes(), args.cert.read_bytes(), args.key.read_bytes(), args.server_name)
-    return pb_grpc.AdminStub(chan)
+    return pb_grpc.AdminStub(chan)  # type: ignore[no-untyped-call]  # generated, untyped
 
 
 def _status(args: argparse.Namespace) -> int:

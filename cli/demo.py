@@ -131,7 +131,8 @@ def _admin_status(files: Any, port: str) -> dict[str, Any]:
 
     chan = channel(f"127.0.0.1:{port}", (files.ca_dir / "ca.pem").read_bytes(), files.admin_cert.read_bytes(),
                    files.admin_key.read_bytes(), "localhost")
-    reply = pb_grpc.AdminStub(chan).Status(pb.StatusRequest(), timeout=30)
+    reply = pb_grpc.AdminStub(chan).Status(  # type: ignore[no-untyped-call]  # generated, untyped
+        pb.StatusRequest(), timeout=30)
     chan.close()
     return dict(json.loads(reply.json))
 
@@ -145,7 +146,7 @@ def _check_with_peft(model_dir: Path, adapter_dir: Path, task: str) -> dict[str,
     from ..strategies.adapters import load_peft
 
     base, tok = load_base(model_dir, task, device="cpu")  # type: ignore[arg-type]
-    base.eval()
+    base.eval()  # type: ignore[no-untyped-call]  # transformers leaves eval() unannotated
     ids = tok(["the federation trains together"], return_tensors="pt")["input_ids"]
     with torch.no_grad():
         before = base(input_ids=ids).logits.clone()

@@ -44,7 +44,7 @@ def save_peft(adapter: Adapter, out_dir: Path, base_model: str, task: Task) -> N
     alpha = Counter(alphas.values()).most_common(1)[0][0]
     config = LoraConfig(
         r=r,
-        lora_alpha=alpha,
+        lora_alpha=alpha,  # type: ignore[arg-type]  # PEFT annotates int but scales by any float alpha
         target_modules=sorted(adapter),
         rank_pattern={n: k for n, k in ranks.items() if k != r},
         alpha_pattern={n: a for n, a in alphas.items() if a != alpha},
