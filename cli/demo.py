@@ -208,4 +208,5 @@ def _demo(args: argparse.Namespace) -> int:
         with tempfile.TemporaryDirectory(prefix="fedquilt-demo-") as tmp:
             summary = run_demo(Path(tmp), args.rounds, args.sites, args.rule, not args.plaintext, args.task, ranks,
                                args.local_steps, args.dp, args.timeout)
+        print("(the workspace was temporary and is now removed; run with --workdir DIR to keep it)")
     return 0 if summary["peft_matches_manual_merge"] and summary["max_logit_change"] > 0 else 1
