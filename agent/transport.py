@@ -81,7 +81,7 @@ class Transport:
         req = pb.DownloadRequest(what=what, round_id=round_id, phase=phase)  # type: ignore[arg-type]
         return self._retry("download", lambda: codec.join_chunks(self.stub.Download(req, timeout=600), MAX_DOWNLOAD_BYTES))
 
-    def upload(self, round_id: str, step: int, phase: int, encoding: int, tensors_or_vector: bytes,
+    def upload(self, round_id: str, step: int, phase: int, encoding: tpb.Encoding, tensors_or_vector: bytes,
                layout: Iterable[tuple[str, tuple[int, ...]]] = ()) -> pb.Ack:
         """A chunked upload ending with the payload's sha256 (safe to retry: the server is idempotent)."""
         layout_pb = codec.layout_to_pb(layout)
