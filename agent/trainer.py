@@ -68,7 +68,11 @@ class TrainHyper(BaseModel):
     lr: float = Field(default=1e-3, gt=0, allow_inf_nan=False)
     weight_decay: float = Field(default=0.0, ge=0, allow_inf_nan=False)
     max_grad_norm: float | None = Field(default=1.0, gt=0, allow_inf_nan=False)
-    optimizer: Literal["adamw", "sgd"] = "adamw"
+    optimizer: Literal["adamw", "sgd", "galore-adamw"] = "adamw"
+    """``galore-adamw``: GaLore's low-rank-projected AdamW (``pip install galore-torch``) for dense training."""
+    galore_rank: int = Field(default=128, gt=0)
+    galore_update_proj_gap: int = Field(default=200, gt=0)
+    galore_scale: float = Field(default=0.25, gt=0, allow_inf_nan=False)
     eval_batches: int | None = Field(default=None, gt=0)
     """Batches used for ``loss_before`` / ``loss_after`` (``None``: the whole local dataset)."""
 
@@ -344,7 +348,24 @@ def _optimizer(params: list[torch.nn.Parameter], hp: TrainHyper) -> torch.optim.
         raise TrainerError("no trainable parameters")
     if hp.optimizer == "sgd":
         return torch.optim.SGD(params, lr=hp.lr, weight_decay=hp.weight_decay)
+    if hp.optimizer == "galore-adamw":
+        return _galore(params, hp)
     return torch.optim.AdamW(params, lr=hp.lr, weight_decay=hp.weight_decay)
+
+
+def _galore(params: list[torch.nn.Parameter], hp: TrainHyper) -> torch.optim.Optimizer:
+    """GaLore AdamW (Zhao et al. 2024): gradients of 2-D weights projected to a low rank subspace."""
+    try:
+        from galore_torch import GaLoreAdamW
+    except ImportError as exc:
+        raise TrainerError(f"optimizer 'galore-adamw' needs the galore-torch package ({exc})") from None
+    matrices = [p for p in params if p.ndim == 2]
+    others = [p for p in params if p.ndim != 2]
+    groups: list[dict[str, Any]] = [{"params": others}] if others else []
+    groups.append({"params": matrices, "rank": hp.galore_rank, "update_proj_gap": hp.galore_update_proj_gap,
+                   "scale": hp.galore_scale, "proj_type": "std"})
+    optimizer: torch.optim.Optimizer = GaLoreAdamW(groups, lr=hp.lr, weight_decay=hp.weight_decay)
+    return optimizer
 
 
 def _cycle(loader: DataLoader[Batch]) -> Iterator[Batch]:
