@@ -12,6 +12,7 @@ different sites gets noise, not a sum.
 from __future__ import annotations
 
 import dataclasses
+import os
 import logging
 from typing import Any
 
@@ -21,7 +22,8 @@ from .. import secure_agg as sa
 from ..proto import codec
 from ..proto import federation_pb2 as pb
 from ..proto import tensors_pb2 as tpb
-from ..strategies.base import RoundContext
+from ..strategies.base import N_KEY, RoundContext
+from .site_noise import clip_and_noise_update
 
 log = logging.getLogger("fedquilt.agent.secagg")
 
@@ -34,6 +36,9 @@ class SecureSumClient:
         self.key = sa.load_signing_key(key_pem)
         self.session: sa.ClientSession | None = None
         self._phase_key: tuple[str, int] | None = None
+        self._cached: tuple[tuple[str, int, bytes], dict[str, np.ndarray]] | None = None
+        # Site-level DP noise: numpy's PCG64 seeded from the OS CSPRNG (the mask generator is AES-CTR, not this).
+        self._noise_rng = np.random.Generator(np.random.PCG64(int.from_bytes(os.urandom(16), "big")))
 
     def __call__(self, loop: Any, work: Any, task: pb.Task) -> None:
         """Do one step of the current round's secure sum."""
@@ -83,8 +88,23 @@ class SecureSumClient:
         loop.transport.submit(pb.SubmitRequest(round_id=task.round_id, step=task.step, kind=task.kind,
                                                payload=codec.encode_secagg(reply)))
 
-    @staticmethod
-    def _vectors(loop: Any, work: Any, phase: int, ctx: RoundContext) -> dict[str, np.ndarray]:
-        """The phase's vectors divided by the round's public weight scale (keeps them inside the clip range)."""
-        scale = float((work.spec.secagg or {}).get("weight_scale", 1.0)) or 1.0
-        return {k: np.asarray(v, np.float64) / scale for k, v in loop._vectors(work, phase, ctx).items()}
+    def _vectors(self, loop: Any, work: Any, phase: int, ctx: RoundContext) -> dict[str, np.ndarray]:
+        """The phase's vectors divided by the round's public weight scale (keeps them inside the clip range),
+        clipped and noised for site-level DP when the federation asks for it (computed once per phase)."""
+        key = (work.spec.round_id, phase, ctx.session)
+        if self._cached is not None and self._cached[0] == key:
+            return self._cached[1]
+        secagg = work.spec.secagg or {}
+        scale = float(secagg.get("weight_scale", 1.0)) or 1.0
+        vectors = {k: np.asarray(v, np.float64) / scale for k, v in loop._vectors(work, phase, ctx).items()}
+        noise = secagg.get("site_noise")
+        if noise:
+            counts = vectors.pop(N_KEY)
+            vectors, clipped = clip_and_noise_update(vectors, float(noise["clip"]), float(noise["sigma"]),
+                                                     int(noise["sites"]), self._noise_rng)
+            vectors[N_KEY] = counts
+            if clipped:
+                log.info("round %s phase %d: update clipped to L2 norm %s for site-level DP", work.spec.round_id,
+                         phase, noise["clip"])
+        self._cached = (key, vectors)
+        return vectors

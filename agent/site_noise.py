@@ -2,8 +2,8 @@
 
 The secure sum of ``n_sites`` such updates carries N(0, (σC)²) per coordinate, which protects a
 whole site's contribution in a round (ε from ``site_level_epsilon``). Weak below a few dozen sites:
-see docs/privacy.md. Not applied by the agent loop (the submitted vectors are rule- and
-sample-count-dependent); callers that want it apply it to the vectors they submit.
+see docs/privacy.md. The coordinator turns it on for a federation (``[secagg] site_noise_multiplier``);
+``agent/secure_sum.py`` applies it to every secure-sum submission before masking.
 """
 
 from __future__ import annotations

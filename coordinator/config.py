@@ -49,6 +49,11 @@ class SecAggConfig(_Strict):
     threshold: int | None = None
     """t of the t-of-n secret sharing; default ⌊n/2⌋+1."""
     min_frac_bits: int = Field(16, ge=8, le=40)
+    site_noise_multiplier: float | None = Field(None, ge=0)
+    """Optional site-level DP: every site clips its whole submission to ``site_clip`` (L2) and adds its share
+    of Gaussian noise so each secure sum carries N(0, (σ·C)²). Weak below a few dozen sites (docs/privacy.md)."""
+    site_clip: float = Field(1.0, gt=0)
+    site_delta: float = Field(1e-5, gt=0, lt=1)
 
 
 class FederationConfig(_Strict):

@@ -111,6 +111,7 @@ class Orchestrator:
         observer: RoundObserver | None = None,
         clock: Callable[[], float] = time.monotonic,
         online_window: float = 60.0,
+        site_noise: dict[str, float] | None = None,
         history: Sequence[Mapping[str, Any]] = (),
         known_sites: Sequence[Mapping[str, Any]] = (),
         running: bool = True,
@@ -120,6 +121,7 @@ class Orchestrator:
         self.secure_sum_factory = secure_sum_factory
         self.clock = clock
         self.online_window = online_window
+        self.site_noise = site_noise
         self.glob, self.global_version, self.rounds_done = glob, global_version, rounds_done
         self.sites: dict[SiteId, SiteRecord] = {}
         self.current: RoundRecord | None = None
@@ -330,7 +332,24 @@ class Orchestrator:
     def _secagg_spec(self, cohort: set[SiteId]) -> dict[str, Any]:
         # Sites divide every submitted value by this public constant so weighted values stay inside the
         # declared clip range (p_i = n_i/Σn is unchanged: the sample counts are divided too).
-        return {"weight_scale": float(sum(self.sites[s].num_samples for s in cohort))}
+        spec: dict[str, Any] = {"weight_scale": float(sum(self.sites[s].num_samples for s in cohort))}
+        if self.site_noise is not None:
+            spec["site_noise"] = {"sigma": self.site_noise["sigma"], "clip": self.site_noise["clip"], "sites": len(cohort)}
+        return spec
+
+    def _site_level_privacy(self, rnd: RoundRecord) -> dict[str, Any] | None:
+        """Site-level (ε, δ) of every secure sum released so far (an upper bound: discarded rounds count too)."""
+        if self.site_noise is None:
+            return None
+        from ..agent.site_noise import site_level_epsilon
+
+        phases = int(getattr(self.rule, "phases", 1))
+        releases = phases * (1 + sum(1 for h in self.history))
+        rate = len(rnd.cohort) / max(len(self.sites), 1)
+        eps = site_level_epsilon(self.site_noise["sigma"], releases, rate, self.site_noise["delta"])
+        return {"epsilon": eps if eps != float("inf") else None, "delta": self.site_noise["delta"],
+                "noise_multiplier": self.site_noise["sigma"], "clip": self.site_noise["clip"], "releases": releases,
+                "sample_rate": round(rate, 4)}
 
     def _min_participants(self, rnd: RoundRecord) -> int:
         # The secure sum enforces its own threshold t on top of this.
@@ -423,6 +442,7 @@ class Orchestrator:
             "secure_aggregation": collector.manifest_facts() if not isinstance(collector, PlainCollector) else None,
             "privacy": {s: rnd.trained[s].get("dp") for s in sorted(rnd.participants) if rnd.trained[s].get("dp")},
             "previous_version": self.global_version,
+            "site_level_privacy": self._site_level_privacy(rnd),
         }
         version = self.publisher(rnd.number, agg, facts)
         self.glob, self.global_version = agg, version
