@@ -152,7 +152,8 @@ class AgentLoop:
             self.work = None
             return
         metrics: dict[str, Any] = {"n": result.n_samples, "loss_before": _finite(result.loss_before),
-                                   "loss_after": _finite(result.loss_after), "steps": len(result.losses)}
+                                   "loss_after": _finite(result.loss_after), "steps": len(result.losses),
+                                   "eval_loss": _finite(result.eval_loss)}
         if self.privacy is not None:
             metrics["dp"] = self.privacy.report_of(result)  # refuses a result trained without DP
         self.work = RoundWork(spec=spec, rule=rule, ctx=ctx, update=result.update, n=result.n_samples)

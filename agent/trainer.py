@@ -97,6 +97,9 @@ class TrainResult:
     """Mean loss on the local data before training (base + merged updates + initial factors)."""
     loss_after: float = math.nan
     """Mean loss on the local data after training."""
+    eval_loss: float = math.nan
+    """Mean loss of the model as received (before local training) on the site's held-out data, if it has any."""
+    """Mean loss on the local data after training."""
 
 
 @runtime_checkable
@@ -132,6 +135,8 @@ class LoraTrainer:
         self._seed = seed
         self._rounds = 0
         self.planned_steps = 0
+        self.eval_data: Dataset[Batch] | None = None
+        """Held-out local data; when set, every round reports the received model's loss on it."""
         """Optimizer steps of the current ``fit``, set before ``_prepare`` (a DP wrapper needs it)."""
 
     def target_names(self) -> dict[str, tuple[int, int]]:
@@ -213,6 +218,7 @@ class LoraTrainer:
         self._rounds += 1
         before = self._dense_snapshot(model) if plan.dense else {}
         loss_before = self.evaluate(model, data, hp)
+        eval_loss = self.evaluate(model, self.eval_data, hp) if self.eval_data is not None else math.nan
         params = [p for p in model.parameters() if p.requires_grad]
         optimizer = _optimizer(params, hp)
         loader = self._loader(data, hp.batch_size, shuffle=True)
@@ -226,7 +232,7 @@ class LoraTrainer:
             update = LocalUpdate(dense={name: after[name] - before[name] for name in self._targets})
         else:
             update = LocalUpdate(adapter=self._read_factors(model, plan.scaling))
-        return TrainResult(update, n, losses, loss_before, loss_after)
+        return TrainResult(update, n, losses, loss_before, loss_after, eval_loss)
 
     def _loop(
         self,

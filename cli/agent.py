@@ -54,6 +54,7 @@ def build_loop(config_path: Path, progress: bool = True) -> Any:
     if cfg.data.eval is not None:
         eval_data = load_dataset(cfg.data.eval, trainer.tokenizer, cfg.model.task, cfg.model.max_length,
                                  cfg.model.num_labels)
+        trainer.eval_data = eval_data
     chan = channel(cfg.coordinator.address, cfg.tls.ca.read_bytes(), cfg.tls.cert.read_bytes(), cfg.tls.key.read_bytes(),
                    cfg.coordinator.server_name)
     transport = Transport(chan, max_backoff=cfg.coordinator.max_backoff)

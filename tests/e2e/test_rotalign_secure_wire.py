@@ -17,3 +17,5 @@ def test_rotalign_three_secure_rounds_lower_the_loss(federation) -> None:
         assert fed.running.store.manifest(fed.files.model, v)["secure_aggregation"]["protocol"] == "SecAgg"
     losses = [h["loss_before"] for h in history]
     assert losses[0] > losses[1] > losses[2], losses
+    evals = [h["eval_loss"] for h in history]  # the received global model on each site's held-out data
+    assert all(e is not None for e in evals) and evals[0] > evals[-1], evals
