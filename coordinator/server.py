@@ -24,6 +24,7 @@ from ..strategies.lora import dense_of
 from ..strategies.registry import make_rule
 from .config import CoordinatorConfig
 from .identity import Authorizer, RevocationList
+from .lock import StateDirLock
 from .metrics import Metrics
 from .orchestrator import Orchestrator
 from .publish import publish
@@ -80,6 +81,7 @@ class RunningCoordinator:
     http: StatusServer | None = None
     http_port: int | None = None
     state: SqliteStateStore | None = None
+    lock: StateDirLock | None = None
 
     def stop(self, grace: float = 1.0) -> None:
         """Stop serving and the driver thread."""
@@ -91,6 +93,8 @@ class RunningCoordinator:
             t.join(timeout=5)
         if self.state is not None:
             self.state.close()
+        if self.lock is not None:
+            self.lock.release()
 
 
 def start(cfg: CoordinatorConfig, metrics: Metrics | None = None, tick_seconds: float = 0.1) -> RunningCoordinator:
@@ -101,6 +105,17 @@ def start(cfg: CoordinatorConfig, metrics: Metrics | None = None, tick_seconds: 
     _check_rule(cfg, rule)
     if not cfg.secagg.enabled:
         log.warning("secure aggregation is DISABLED: the coordinator sees every site's individual update")
+    lock = StateDirLock(cfg.state_dir).acquire()
+    try:
+        return _start_locked(cfg, metrics, rule, tick_seconds, lock)
+    except BaseException:
+        lock.release()
+        raise
+
+
+def _start_locked(cfg: CoordinatorConfig, metrics: Metrics, rule: Any, tick_seconds: float,
+                  lock: StateDirLock) -> RunningCoordinator:
+    fed = cfg.federation
     store = FileModelStore(cfg.state_dir / "store")
     glob, version, rounds_done = load_global(store, fed.model, dense=fed.rule == "dense")
     state = SqliteStateStore(cfg.state_dir / "state.db")
@@ -172,7 +187,7 @@ def start(cfg: CoordinatorConfig, metrics: Metrics | None = None, tick_seconds: 
         log.info("metrics and status page on http://%s:%d/status", cfg.server.metrics_listen.rsplit(":", 1)[0], http_port)
     log.info("coordinator listening on port %d (federation %s, rule %s, secure aggregation %s)", port, fed.name,
              fed.rule, "on" if cfg.secagg.enabled else "OFF", extra={"port": port})
-    return RunningCoordinator(server, port, orch, store, stop_event, [driver], metrics, http, http_port, state)
+    return RunningCoordinator(server, port, orch, store, stop_event, [driver], metrics, http, http_port, state, lock)
 
 
 def serve(cfg: CoordinatorConfig, exit_when_done: bool = False) -> int:

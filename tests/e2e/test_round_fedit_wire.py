@@ -115,3 +115,14 @@ def test_operator_and_consumer_commands(federation, tmp_path: Path, capsys: pyte
         via_peft = PeftModel.from_pretrained(base, str(tmp_path / "adapter")).eval()(input_ids=ids).logits
         via_merge = merged(input_ids=ids).logits
     assert torch.allclose(via_peft, via_merge, atol=1e-5)
+
+
+def test_second_coordinator_on_the_same_state_dir_is_refused(federation) -> None:
+    from fedquilt.coordinator import server
+    from fedquilt.coordinator.config import load_config
+    from fedquilt.coordinator.lock import StateDirInUse
+
+    fed = federation(sites=2, secagg=False)
+    with pytest.raises(StateDirInUse, match="another coordinator"):
+        server.start(load_config(fed.files.coordinator_config))
+    assert fed.running.orchestrator.status()["running"]  # the first one is untouched
