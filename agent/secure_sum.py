@@ -12,6 +12,7 @@ different sites gets noise, not a sum.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import logging
 from typing import Any
@@ -76,17 +77,19 @@ class SecureSumClient:
                 log.warning("round %s phase %d: %d values were clipped to the declared range", task.round_id,
                             task.phase, session.clipped)
         elif kind == pb.SECAGG_UNMASK:
-            reply = self._session(task).handle(codec.decode_secagg("UnmaskRequest", task.payload))
-            self._submit(loop, task, reply)
+            session = self._session(task)
+            reply = session.handle(codec.decode_secagg("UnmaskRequest", task.payload))
+            # Only the count of this site's clipped values travels (for the coordinator's metrics), never which.
+            self._submit(loop, task, reply, metrics_json=json.dumps({"clipped": int(session.clipped or 0)}))
 
     def _session(self, task: pb.Task) -> sa.ClientSession:
         if self.session is None or self._phase_key != (task.round_id, task.phase):
             raise RuntimeError(f"no secure sum open for round {task.round_id} phase {task.phase}")
         return self.session
 
-    def _submit(self, loop: Any, task: pb.Task, reply: Any) -> None:
+    def _submit(self, loop: Any, task: pb.Task, reply: Any, metrics_json: str = "") -> None:
         loop.transport.submit(pb.SubmitRequest(round_id=task.round_id, step=task.step, kind=task.kind,
-                                               payload=codec.encode_secagg(reply)))
+                                               payload=codec.encode_secagg(reply), metrics_json=metrics_json))
 
     def _vectors(self, loop: Any, work: Any, phase: int, ctx: RoundContext) -> dict[str, np.ndarray]:
         """The phase's vectors divided by the round's public weight scale (keeps them inside the clip range),

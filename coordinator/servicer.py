@@ -93,10 +93,21 @@ class FederationServicer(pb_grpc.FederationServicer):
                 metrics = _metrics(request.metrics_json)
                 self.orch.trained(site, request.round_id, int(request.step), metrics)
             elif kind in (Step.DECLARE_LAYOUT, Step.SECAGG_ADVERTISE, Step.SECAGG_SHARE, Step.SECAGG_UNMASK):
+                clipped = _clipped(request.metrics_json) if kind is Step.SECAGG_UNMASK else 0
                 self.orch.secagg_message(site, request.round_id, int(request.step), kind, request.payload)
+                if clipped:
+                    self.metrics.record_clipped(clipped)
             else:
                 raise codec.CodecError(f"Submit does not take kind {pb.StepKind.Name(request.kind)}")
             return pb.Ack(accepted=True, message="accepted")
+
+
+def _clipped(text: str) -> int:
+    """The site's count of clipped values, reported with its unmasking shares."""
+    value = _metrics(text).get("clipped", 0)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise codec.CodecError(f"metrics_json.clipped must be a count >= 0, got {value!r}")
+    return value
 
 
 def _metrics(text: str) -> dict[str, Any]:

@@ -126,3 +126,13 @@ def test_second_coordinator_on_the_same_state_dir_is_refused(federation) -> None
     with pytest.raises(StateDirInUse, match="another coordinator"):
         server.start(load_config(fed.files.coordinator_config))
     assert fed.running.orchestrator.status()["running"]  # the first one is untouched
+
+
+def test_clipped_values_are_counted_not_silent(federation) -> None:
+    """A declared clip range far below the values: sites report how many they clipped; metrics show it."""
+    fed = federation(sites=2, secagg=True, rounds=1, secagg_options={"clip": 1e-4})
+    fed.start_agents()
+    assert fed.wait_rounds()[-1]["version"] == "v0001"
+    text = fed.running.metrics.exposition().decode()
+    counted = [line for line in text.splitlines() if line.startswith("fedquilt_clipped_values_total ")]
+    assert counted and float(counted[0].split()[-1]) > 0, counted
