@@ -235,7 +235,3 @@ def hello_request(trainer: Trainer, fingerprint: str, n: int, rank: int, alpha: 
     return pb.HelloRequest(agent_version=version, base_fingerprint=fingerprint, num_samples=n, lora_rank=rank,
                            lora_alpha=alpha, task=task, target_shapes=shapes)
 
-
-def tensors_summary(vectors: Mapping[str, Any]) -> str:
-    """A short description for logs."""
-    return f"{len(vectors)} tensors, {sum(int(v.size) for v in vectors.values())} values"

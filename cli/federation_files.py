@@ -6,7 +6,6 @@ write by hand (see docs/quickstart.md for the same files explained).
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -107,7 +106,3 @@ def point_agents_at(files: FederationFiles, address: str) -> None:
         data["coordinator"]["address"] = address
         path.write_text(tomli_w.dumps(data))
 
-
-def summary_json(files: FederationFiles) -> str:
-    """Where things are, for the demo's closing lines."""
-    return json.dumps({"root": str(files.root), "store": str(files.state_dir / "store")}, indent=2)
