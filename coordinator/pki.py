@@ -17,9 +17,7 @@ import enum
 import fcntl
 import ipaddress
 import json
-import os
 import re
-import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +28,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from .atomic_file import atomic_write
+
 CA_CERT = "ca.pem"
 CA_KEY = "ca.key"
 CRL_FILE = "crl.pem"
@@ -39,6 +39,8 @@ _RESERVED_NAMES = frozenset({"ca", "crl", "index"})
 _SKEW = dt.timedelta(minutes=5)  # not_before is back-dated so small clock skew does not reject new certs
 _CRL_DAYS = 365
 _COORDINATOR_HOSTS = ("localhost", "127.0.0.1", "::1")
+_PUBLIC = 0o644
+"""Mode of certificates, the index and the CRL (private keys are written 0600)."""
 
 
 class Role(enum.Enum):
@@ -113,8 +115,8 @@ def init_ca(
         .sign(key, hashes.SHA256())
     )
     with _ca_lock(dir):
-        _atomic_write(dir / CA_KEY, _key_pem(key), mode=0o600)
-        _atomic_write(dir / CA_CERT, cert.public_bytes(serialization.Encoding.PEM))
+        atomic_write(dir / CA_KEY, _key_pem(key), mode=0o600)
+        atomic_write(dir / CA_CERT, cert.public_bytes(serialization.Encoding.PEM), mode=_PUBLIC)
         _write_crl(dir, cert, key, [], now)
         _save_index(dir, [])
     return CertPaths(cert=dir / CA_CERT, key=dir / CA_KEY, ca=dir / CA_CERT)
@@ -172,10 +174,10 @@ def issue(
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = CertPaths(cert=out_dir / f"{name}.pem", key=out_dir / f"{name}.key", ca=out_dir / CA_CERT)
     with _ca_lock(ca_dir):
-        _atomic_write(paths.key, _key_pem(key), mode=0o600)
-        _atomic_write(paths.cert, cert.public_bytes(serialization.Encoding.PEM))
+        atomic_write(paths.key, _key_pem(key), mode=0o600)
+        atomic_write(paths.cert, cert.public_bytes(serialization.Encoding.PEM), mode=_PUBLIC)
         if not (paths.ca.exists() and paths.ca.samefile(ca_dir / CA_CERT)):
-            _atomic_write(paths.ca, (ca_dir / CA_CERT).read_bytes())
+            atomic_write(paths.ca, (ca_dir / CA_CERT).read_bytes(), mode=_PUBLIC)
         entry = IssuedCert(
             name, role, cert.serial_number, cert.not_valid_before_utc, cert.not_valid_after_utc,
             tuple(hosts), paths.cert.resolve(),
@@ -311,7 +313,8 @@ def _save_index(ca_dir: Path, certs: list[IssuedCert]) -> None:
          "not_after": c.not_after.isoformat(), "hosts": list(c.hosts), "cert": str(c.cert_path)}
         for c in certs
     ]
-    _atomic_write(ca_dir / INDEX_FILE, (json.dumps({"version": 1, "certs": records}, indent=2) + "\n").encode())
+    body = (json.dumps({"version": 1, "certs": records}, indent=2) + "\n").encode()
+    atomic_write(ca_dir / INDEX_FILE, body, mode=_PUBLIC)
 
 
 def _write_crl(
@@ -333,7 +336,7 @@ def _write_crl(
     for entry in entries:
         builder = builder.add_revoked_certificate(entry)
     crl = builder.sign(ca_key, hashes.SHA256())
-    _atomic_write(ca_dir / CRL_FILE, crl.public_bytes(serialization.Encoding.PEM))
+    atomic_write(ca_dir / CRL_FILE, crl.public_bytes(serialization.Encoding.PEM), mode=_PUBLIC)
 
 
 def _serial_of(cert: Path | int, ca_cert: x509.Certificate) -> int:
@@ -389,21 +392,6 @@ def _check_days(days: int) -> None:
 
 def _now() -> dt.datetime:
     return dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
-
-
-def _atomic_write(path: Path, data: bytes, mode: int = 0o644) -> None:
-    """Write ``data`` to ``path`` via a temp file in the same folder and ``os.replace``."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 @contextmanager

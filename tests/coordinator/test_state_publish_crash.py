@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from fedquilt.coordinator import manifest as manifests
-from fedquilt.coordinator import registry
+from fedquilt.coordinator import atomic_file
 from fedquilt.coordinator.pki import Role, init_ca, issue
 from fedquilt.coordinator.publish import publish
 from fedquilt.coordinator.registry import FileModelStore, UnknownVersion
@@ -60,7 +60,7 @@ def test_crash_before_manifest_leaves_no_version_and_retry_publishes(tmp_path: P
     store = FileModelStore(tmp_path / "store")
     assert _publish(store, 1, keys) == "v0001"
     blobs_before = set((tmp_path / "store" / "blobs").iterdir())
-    monkeypatch.setattr(registry.os, "replace", _crash_on("v0002.json"))
+    monkeypatch.setattr(atomic_file.os, "replace", _crash_on("v0002.json"))
     with pytest.raises(OSError, match="simulated crash"):
         _publish(store, 2, keys)
     # The new weights blob was written (the adapter config is identical, so deduplicated); the version was not.
@@ -87,7 +87,7 @@ def test_crash_between_manifest_and_latest_tag_resumes_from_the_newest_version(
     keys = _keys(tmp_path)
     store = FileModelStore(tmp_path / "store")
     _publish(store, 1, keys)
-    monkeypatch.setattr(registry.os, "replace", _crash_on("tags.json"))
+    monkeypatch.setattr(atomic_file.os, "replace", _crash_on("tags.json"))
     with pytest.raises(OSError, match="simulated crash"):
         _publish(store, 2, keys)
     monkeypatch.undo()
