@@ -23,14 +23,15 @@ from typing import Any, Callable, Mapping
 
 import grpc
 import numpy as np
-import torch
 
+from ..contract import round_context
 from ..proto import codec
 from ..proto import federation_pb2 as pb
 from ..proto import tensors_pb2 as tpb
 from ..strategies.base import Broadcast, IndividualRule, LocalUpdate, RoundContext, Rule
 from ..strategies.registry import make_rule
 from .privacy_ledger import BudgetExhausted
+from .rule_state import RuleStateFile
 from .trainer import TrainHyper, TrainResult, Trainer
 
 log = logging.getLogger("fedquilt.agent")
@@ -64,7 +65,8 @@ class AgentLoop:
         self.keep_submissions = keep_submissions
         self.state_dir = state_dir
         state_dir.mkdir(parents=True, exist_ok=True)
-        self.rule_state: dict[str, Any] = self._load_rule_state()
+        self.rule_state_file = RuleStateFile(state_dir / "rule_state.pt")
+        self.rule_state: dict[str, Any] = self.rule_state_file.load()
         self.site = ""
         self.after_step = 0
         self.work: RoundWork | None = None
@@ -137,8 +139,7 @@ class AgentLoop:
     def _train(self, task: pb.Task) -> None:
         spec = codec.decode_spec(task.spec_json)
         rule = make_rule(spec.rule, spec.params)
-        ctx = RoundContext(round=spec.round, shapes=spec.shapes, ranks=spec.ranks, session=bytes.fromhex(spec.nonce),
-                           params=spec.params)
+        ctx = round_context(spec)
         glob = self._global(spec.global_version)
         plan = rule.start(glob, ctx, self.site, self.alpha, state=self.rule_state)
         hp = TrainHyper.model_validate(spec.train)
@@ -178,7 +179,7 @@ class AgentLoop:
             broadcast = work.broadcasts[phase]
         vectors = work.rule.vectors(phase, work.update, work.n, ctx, broadcast, state=self.rule_state)
         if phase == work.rule.phases - 1:
-            self._save_rule_state()
+            self.rule_state_file.save(self.rule_state)
         return vectors
 
     def _current(self, task: pb.Task) -> RoundWork:
@@ -207,21 +208,6 @@ class AgentLoop:
             folder.mkdir(parents=True, exist_ok=True)
             (folder / f"{round_id}-phase{phase}.safetensors").write_bytes(codec.encode_tensors(
                 {k: np.asarray(v) for k, v in vectors.items()}))
-
-    # ---- persistent rule state (e.g. Fed-ALoRA's local A) -------------------------------------
-
-    def _rule_state_path(self) -> Path:
-        return self.state_dir / "rule_state.pt"
-
-    def _load_rule_state(self) -> dict[str, Any]:
-        path = self._rule_state_path()
-        return dict(torch.load(path, weights_only=True)) if path.exists() else {}
-
-    def _save_rule_state(self) -> None:
-        if self.rule_state:
-            tmp = self._rule_state_path().with_suffix(".tmp")
-            torch.save(self.rule_state, tmp)
-            tmp.replace(self._rule_state_path())
 
 
 def _finite(x: float) -> float | None:

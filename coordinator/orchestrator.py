@@ -33,6 +33,7 @@ from typing import Any, Callable, Mapping, Protocol, Sequence
 
 import numpy as np
 
+from ..contract import round_context
 from ..proto.codec import RoundSpec, encode_aggregate, encode_spec, encode_tensors
 from ..strategies.base import Aggregate, Broadcast, IndividualRule, RoundContext, Rule
 from .collect import PlainCollector
@@ -429,9 +430,9 @@ class Orchestrator:
         self._publish(rnd, outcome, now)
 
     def _context(self, rnd: RoundRecord) -> RoundContext:
-        return RoundContext(round=rnd.number, shapes=rnd.spec.shapes,
-                            ranks={s: rnd.spec.ranks[s] for s in sorted(rnd.participants)},
-                            session=bytes.fromhex(rnd.spec.nonce), params=rnd.spec.params)
+        # The cohort's ranks, exactly as the sites derive them: a site that drops in training must not
+        # change the padding or sketch width the others already submitted with.
+        return round_context(rnd.spec)
 
     def _publish(self, rnd: RoundRecord, agg: Aggregate, now: float) -> None:
         collector = rnd.collector

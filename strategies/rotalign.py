@@ -13,7 +13,8 @@ problem against the broadcast previous global (Ā, B̄):
 then submits A' = Rᵀ A_i and B' = B_i R, so B'A' = B_i A_i exactly. The soft variant (``lam`` < 1)
 uses the orthogonal matrix with det +1 nearest to (1−λ)I + λR. The server averages A' and B'
 like FedIT. Zero-padded ranks are rotated into the full r-dimensional space (still exact).
-The previous global reaches ``vectors`` through the site's ``state`` filled in ``start``.
+The previous global reaches ``vectors`` through the site's ``state`` filled in ``start``, as plain
+tensors (the agent persists its state with ``torch.save`` and reloads it with ``weights_only=True``).
 """
 
 from __future__ import annotations
@@ -29,8 +30,10 @@ from .fedit import averaged, averaging_start, check_phase, factor_vectors, folde
 from .lora import Adapter
 from .rule_params import RuleParams, check_float, check_int
 
-STATE_KEY = "rotalign/reference"
-"""Where ``start`` leaves the previous global for ``vectors`` in the site's state."""
+STATE_PREFIX = "rotalign/reference/"
+"""Where ``start`` leaves the previous global's folded (Ā, B̄) for ``vectors``: ``<prefix><module>/A`` and ``/B``."""
+STATE_ROUND = "rotalign/round"
+"""The round whose ``start`` filled the reference (a tensor holding the round number)."""
 
 
 @dataclass(frozen=True)
@@ -81,6 +84,18 @@ def reference(glob: Adapter, module: str, rank: int) -> tuple[torch.Tensor, torc
     return a[:rank], b[:, :rank]
 
 
+def stored_reference(state: Mapping[str, Any] | None, ctx: RoundContext) -> dict[str, tuple[torch.Tensor, torch.Tensor]] | None:
+    """The (Ā, B̄) per module that ``start`` stored for this round; None when there was no previous global."""
+    filled = state is not None and STATE_ROUND in state and int(state[STATE_ROUND]) == ctx.round
+    if state is None or not filled:
+        if ctx.round > 1:
+            raise ValueError("rotalign needs the site state that start() filled with the previous global")
+        return None
+    refs = {m: (state[f"{STATE_PREFIX}{m}/A"], state[f"{STATE_PREFIX}{m}/B"])
+            for m in ctx.shapes if f"{STATE_PREFIX}{m}/A" in state}
+    return refs or None
+
+
 class RotAlign:
     """FedRot-LoRA rotation-aligned factor averaging (sums-only)."""
 
@@ -99,19 +114,28 @@ class RotAlign:
         alpha: float,
         state: MutableMapping[str, Any] | None = None,
     ) -> TrainingPlan:
-        """As FedIT; also remember the previous global in ``state`` for the alignment."""
+        """As FedIT; also remember the previous global's folded factors in ``state`` for the alignment."""
         if state is not None:
-            state[STATE_KEY] = glob.adapter if glob is not None else None
+            for name in [k for k in state if k.startswith(STATE_PREFIX)]:
+                del state[name]
+            state[STATE_ROUND] = torch.tensor(ctx.round)
+            if glob is not None and glob.adapter is not None:
+                for m in glob.adapter:
+                    ref_a, ref_b = reference(glob.adapter, m, ctx.max_rank)
+                    state[f"{STATE_PREFIX}{m}/A"], state[f"{STATE_PREFIX}{m}/B"] = ref_a, ref_b
         return averaging_start(glob, ctx, site, alpha, self.params.rslora, self.params.seed)
 
-    def aligned(self, adapter: Adapter, ctx: RoundContext, glob: Adapter | None) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-        """Every module's (A', B') = (RᵀA, BR), √s-folded and padded to the cohort's max rank."""
+    def aligned(self, adapter: Adapter, ctx: RoundContext,
+                refs: Mapping[str, tuple[torch.Tensor, torch.Tensor]] | None) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """Every module's (A', B') = (RᵀA, BR), √s-folded and padded to the cohort's max rank.
+
+        ``refs`` maps a module to the previous global's folded (Ā, B̄) at that rank (None in round one)."""
         rank = ctx.max_rank
         out: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         for m, f in adapter.items():
             a, b = folded(f, rank)
-            if glob is not None and self.params.lam > 0:
-                ref_a, ref_b = reference(glob, m, rank)
+            if refs is not None and self.params.lam > 0:
+                ref_a, ref_b = refs[m]
                 rot = rotation(a, b, ref_a, ref_b, ctx.round, self.params.lam)
                 a, b = rot.T @ a, b @ rot
             out[m] = (a, b)
@@ -129,13 +153,7 @@ class RotAlign:
         """n·A' and n·B' after rotating toward the previous global (none in round one)."""
         check_phase(phase, self.phases, self.name)
         adapter = trained_adapter(update, ctx)
-        if state is None or STATE_KEY not in state:
-            if ctx.round > 1:
-                raise ValueError("rotalign needs the site state that start() filled with the previous global")
-            glob = None
-        else:
-            glob = state[STATE_KEY]
-        return factor_vectors(self.aligned(adapter, ctx, glob), n)
+        return factor_vectors(self.aligned(adapter, ctx, stored_reference(state, ctx)), n)
 
     def combine(
         self,

@@ -39,6 +39,12 @@ def misaligned(seed, rnd_noise=0.05):
     return Aggregate(adapter=glob), sites
 
 
+def references(glob, ctx):
+    """The previous global's folded (Ā, B̄) per module, as RotAlign.start stores them."""
+    from fedquilt.strategies.rotalign import reference
+    return {m: reference(glob, m, ctx.max_rank) for m in glob}
+
+
 def np_procrustes(x, y):
     u, _, vh = np.linalg.svd(x @ y.T)
     return u @ vh
@@ -49,7 +55,8 @@ def test_rotation_keeps_each_sites_product(rnd):
     glob, sites = misaligned(seed=1)
     rule = RotAlign()
     for site, (ad, _) in sites.items():
-        aligned = rule.aligned(ad, context(RANKS, rnd=rnd), glob.adapter)
+        ctx = context(RANKS, rnd=rnd)
+        aligned = rule.aligned(ad, ctx, references(glob.adapter, ctx))
         for m, (a2, b2) in aligned.items():
             before = ad[m].scaling * (ad[m].B.double() @ ad[m].A.double())
             np.testing.assert_allclose((b2 @ a2).numpy(), before.numpy(), rtol=1e-10, atol=1e-10)
@@ -126,5 +133,5 @@ def test_any_rotation_preserves_the_product(r, lam, rnd, seed):
     glob = {"m": LoraFactors(A=torch.randn(r, 7, generator=gen), B=torch.randn(9, r, generator=gen), scaling=1.0)}
     from fedquilt.strategies.base import RoundContext
     ctx = RoundContext(round=rnd, shapes=shapes, ranks={"x": r})
-    a2, b2 = RotAlign(RotAlignParams(lam=lam)).aligned(ad, ctx, glob)["m"]
+    a2, b2 = RotAlign(RotAlignParams(lam=lam)).aligned(ad, ctx, references(glob, ctx))["m"]
     np.testing.assert_allclose((b2 @ a2).numpy(), 0.5 * (ad["m"].B.double() @ ad["m"].A.double()).numpy(), rtol=1e-9, atol=1e-9)
