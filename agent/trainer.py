@@ -59,8 +59,9 @@ if TYPE_CHECKING:
 Task = Literal["causal-lm", "seq-cls"]
 Batch = dict[str, torch.Tensor]
 _PEFT_PREFIX = "base_model.model."
-DEFAULT_EVAL_BATCHES = 2
-"""Batches each evaluation reads by default: a fixed cost per round, whatever the dataset size."""
+DEFAULT_EVAL_BATCHES = 1
+"""Batches each evaluation reads by default: a fixed cost per round (two forward batches: before and after
+training, three with held-out data), whatever the dataset size."""
 
 
 class TrainerError(ValueError):

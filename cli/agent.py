@@ -20,7 +20,8 @@ def register(sub: Any) -> None:
         "run", help="connect to the coordinator and serve rounds until the federation finishes",
         description="Load the local base model and data, enrol with the coordinator over mutual TLS, then train and "
                     "upload for every round this site is sampled into. Reconnects with backoff when the coordinator "
-                    "goes away.")
+                    "goes away. Under torchrun --nproc-per-node=G (or accelerate launch) rank 0 alone talks to the "
+                    "coordinator and every rank trains with DDP on its slice of each batch (docs/agent.md).")
     run.add_argument("--config", required=True, type=Path, help="agent TOML file (see docs/agent.md)")
     run.add_argument("--no-progress", action="store_true", help="no progress bars (for logs and services)")
     run.set_defaults(func=_run)

@@ -125,7 +125,8 @@ def base_logits(base: dict[str, torch.Tensor], model: torch.nn.Module, inputs: d
     return logits
 
 
-def test_dense_returns_w_after_minus_w_before(trainer: LoraTrainer, data: TokenizedDataset) -> None:
+def test_dense_returns_w_after_minus_w_before(trainer: LoraTrainer, data: TokenizedDataset,
+                                             tiny_workspace: Workspace) -> None:
     plan = TrainingPlan(rank=4, scaling=1.0, dense=True, merge_dense={Q0: torch.full((64, 64), 0.01)})
     model = trainer.prepare(plan)
     before = {k: v.detach().clone() for k, v in model.state_dict().items()}
@@ -138,6 +139,11 @@ def test_dense_returns_w_after_minus_w_before(trainer: LoraTrainer, data: Tokeni
         assert float(delta.abs().max()) > 0
     frozen = [k for k in before if not any(k == f"{t}.weight" for t in trainer.target_names())]
     assert frozen and all(torch.equal(before[k], after[k]) for k in frozen)
+    # the dense round trained float32 working copies: releasing it leaves the resident base as loaded
+    trainer.release()
+    base = base_weights(tiny_workspace)
+    assert all(torch.equal(v, base[k]) for k, v in model.state_dict().items() if k in base)
+    assert not any(p.requires_grad for p in model.parameters())
 
 
 def test_saved_adapter_loads_in_peft_as_the_hand_merged_model(
