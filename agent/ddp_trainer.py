@@ -12,7 +12,8 @@ and wraps the model in ``DistributedDataParallel`` without re-broadcasting the f
 each rank's loss is weighted by its share of the batch's loss terms (``loss_weight``: predicted tokens
 or rows) times G: the averaged gradient is then exactly the gradient of the global batch's mean loss.
 Batch clipping runs on those averaged gradients, the same on every rank, so every rank holds the same
-update when the loop ends. Evaluation sums (Σ weight·loss, Σ weight) over the ranks' slices.
+update when the loop ends. Evaluation sums (Σ weight·loss, Σ weight) over the ranks' slices, and the
+training losses reported are the global batches' (the weighted slice losses summed over the ranks).
 
 DP-SGD is not wrapped here: it is refused with several processes (see ``distributed.refuse_dp``).
 """
@@ -102,6 +103,16 @@ class DDPLoraTrainer(LoraTrainer):
         dist.all_reduce(total)
         share = float(counts[0]) / float(total[0]) if float(total[0]) > 0 else 0.0
         return self._loss(model, batch) * (share * self.world)
+
+    def _loop(
+        self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, loader: DataLoader[Batch],
+        params: list[torch.nn.Parameter], hp: TrainHyper, steps: int, progress: bool,
+    ) -> list[float]:
+        """The loop on this rank's slices; the losses reported are the global batches' (Σ over ranks / world)."""
+        losses = super()._loop(model, optimizer, loader, params, hp, steps, progress and self.rank == 0)
+        summed = torch.tensor(losses, dtype=torch.float64, device=self._comm_device())
+        dist.all_reduce(summed)
+        return [float(x) / self.world for x in summed.cpu()]
 
     def evaluate(self, model: torch.nn.Module, data: Dataset[Batch], hp: TrainHyper) -> float:
         """The global batches' weighted mean loss: every rank's slice summed over the process group."""

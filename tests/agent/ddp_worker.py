@@ -28,7 +28,7 @@ def main(model_dir: Path, train: Path, out: Path) -> int:
     if ranks.rank == 0:
         factors = {f"{n}.{w}": getattr(f, w) for n, f in res.update.adapter.items() for w in ("A", "B")}
         torch.save({"factors": factors, "loss_before": res.loss_before, "loss_after": res.loss_after,
-                    "steps": len(res.losses), "backend": backend, "world": ranks.world}, out)
+                    "steps": len(res.losses), "losses": res.losses, "backend": backend, "world": ranks.world}, out)
     dist.destroy_process_group()
     return 0
 

@@ -55,6 +55,7 @@ def test_two_ranks_give_the_single_process_update(tiny_workspace: Workspace, tmp
             assert not torch.equal(want, getattr(plan.init[name], which))  # type: ignore[index]  # training moved it
     assert ddp["loss_before"] == pytest.approx(res.loss_before, rel=1e-5)
     assert ddp["loss_after"] == pytest.approx(res.loss_after, rel=1e-5)
+    assert ddp["losses"] == pytest.approx(res.losses, rel=1e-5)  # every step's loss is the global batch's
     print(f"DDP (2 x gloo) vs one process: max |difference| of the factors {worst:.2e}")
 
 
