@@ -56,6 +56,28 @@ class ReferenceTrainer(LoraTrainer):
         self._copy = None
 
 
+def big_model(tiny_dir: Path, out: Path) -> Path:
+    """The tiny workspace's tokenizer with a Llama of 6 layers at width 768 (~57 M parameters, ~220 MiB)."""
+    import shutil
+
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    if (out / "model.safetensors").exists():
+        return out
+    out.mkdir(parents=True)
+    for f in tiny_dir.iterdir():
+        if f.name.startswith("tokenizer") or f.name == "special_tokens_map.json":
+            shutil.copy(f, out / f.name)
+    small = LlamaConfig.from_pretrained(tiny_dir)
+    config = LlamaConfig(vocab_size=small.vocab_size, hidden_size=768, intermediate_size=3072, num_hidden_layers=6,
+                         num_attention_heads=12, num_key_value_heads=12, max_position_embeddings=256,
+                         pad_token_id=small.pad_token_id, bos_token_id=small.bos_token_id,
+                         eos_token_id=small.eos_token_id, tie_word_embeddings=False)
+    torch.manual_seed(0)
+    LlamaForCausalLM(config).save_pretrained(str(out))
+    return out
+
+
 def rss_mib() -> float:
     """Peak resident set size of this process so far, in MiB (Linux reports KiB)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -118,7 +140,17 @@ def main(argv: list[str]) -> int:
     ap.add_argument("sites", type=Path, nargs=2)
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--reference", action="store_true", help="the old copy-the-base path")
+    ap.add_argument("--baseline", action="store_true",
+                    help="only load the base (with the agent's modules imported) and take one plain step")
     args = ap.parse_args(argv)
+    if args.baseline:
+        import fedquilt.cli.agent  # noqa: F401  # what an agent process holds besides the model
+        import fedquilt.agent.loop, fedquilt.agent.secure_sum, fedquilt.agent.transport  # noqa: F401, E401
+
+        trainer = LoraTrainer(args.model, "causal-lm", ["q_proj", "v_proj"], device="cpu", seed=0)
+        plain_step(trainer._base, load_dataset(args.sites[0], trainer.tokenizer, "causal-lm", 128))
+        print(json.dumps({"base_and_one_step_mib": rss_mib()}))
+        return 0
     cls = ReferenceTrainer if args.reference else LoraTrainer
     trainer = cls(args.model, "causal-lm", ["q_proj", "v_proj"], device="cpu", seed=0)
     loaded = rss_mib()

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -24,7 +23,7 @@ from fedquilt.agent.data import load_dataset
 from fedquilt.agent.trainer import LoraTrainer
 from fedquilt.cli.workspace import Workspace
 
-from stacking_rounds import ReferenceTrainer, deltas, federate
+from stacking_rounds import ReferenceTrainer, big_model, deltas, federate
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*is_gradient_checkpointing:FutureWarning")
 SCRIPT = Path(__file__).with_name("stacking_rounds.py")
@@ -52,26 +51,6 @@ def test_resident_base_publishes_what_the_copy_path_publishes(tiny_workspace: Wo
     assert rel_err(new[2], new[0]) > 1e-2
 
 
-def _big_model(ws: Workspace, out: Path) -> Path:
-    """The tiny workspace's tokenizer with a Llama of 6 layers at width 768 (~57 M parameters, ~230 MB)."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    if (out / "model.safetensors").exists():
-        return out
-    out.mkdir(parents=True)
-    for f in ws.model_dir.iterdir():
-        if f.name.startswith("tokenizer") or f.name == "special_tokens_map.json":
-            shutil.copy(f, out / f.name)
-    small = LlamaConfig.from_pretrained(ws.model_dir)
-    config = LlamaConfig(vocab_size=small.vocab_size, hidden_size=768, intermediate_size=3072, num_hidden_layers=6,
-                         num_attention_heads=12, num_key_value_heads=12, max_position_embeddings=64,
-                         pad_token_id=small.pad_token_id, bos_token_id=small.bos_token_id,
-                         eos_token_id=small.eos_token_id, tie_word_embeddings=False)
-    torch.manual_seed(0)
-    LlamaForCausalLM(config).save_pretrained(str(out))
-    return out
-
-
 def _run(model: Path, ws: Workspace, out: Path, reference: bool) -> dict[str, object]:
     cmd = [sys.executable, str(SCRIPT), str(model), str(ws.sites[0].train), str(ws.sites[1].train), "--out", str(out)]
     proc = subprocess.run(cmd + (["--reference"] if reference else []), capture_output=True, text=True,
@@ -84,7 +63,7 @@ def _run(model: Path, ws: Workspace, out: Path, reference: bool) -> dict[str, ob
 
 @pytest.mark.slow
 def test_three_stacking_rounds_make_no_copy_of_the_base(tiny_workspace: Workspace, tmp_path_factory: pytest.TempPathFactory) -> None:
-    model = _big_model(tiny_workspace, tmp_path_factory.mktemp("big") / "model")
+    model = big_model(tiny_workspace.model_dir, tmp_path_factory.mktemp("big") / "model")
     new = _run(model, tiny_workspace, tmp_path_factory.mktemp("new"), reference=False)
     old = _run(model, tiny_workspace, tmp_path_factory.mktemp("old"), reference=True)
     print("resident base:", {k: v for k, v in new.items() if k != "published"})
