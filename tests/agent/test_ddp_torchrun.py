@@ -86,3 +86,21 @@ def test_dp_with_several_processes_is_refused_clearly() -> None:
     refuse_dp(Ranks(0, 2, 0), None)  # no DP: fine
     with pytest.raises(DistributedError, match=r"\[dp\] \(DP-SGD\) is not supported with several training processes"):
         refuse_dp(Ranks(1, 2, 1), {"epsilon": 1.0})
+
+
+def test_agent_run_under_torchrun_with_dp_stops_with_the_reason(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                capsys: pytest.CaptureFixture[str]) -> None:
+    from fedquilt.cli.main import main
+
+    cfg = tmp_path / "agent.toml"
+    cfg.write_text('state_dir = "state"\n[tls]\nca = "ca.pem"\ncert = "c.pem"\nkey = "k.pem"\n'
+                   '[model]\ndir = "model"\n[data]\ntrain = "t.jsonl"\n[dp]\nnoise_multiplier = 1.0\n')
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    assert main(["agent", "run", "--config", str(cfg)]) == 1
+    err = capsys.readouterr().err
+    assert "fedquilt: error: [dp] (DP-SGD) is not supported with several training processes (WORLD_SIZE=2)" in err
+    import torch.distributed as dist
+
+    assert not dist.is_initialized()  # refused before any process group or model was set up
