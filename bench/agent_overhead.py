@@ -205,8 +205,8 @@ def main(argv: list[str]) -> int:
         print(json.dumps(fn(model_dir, data_path, args.steps)))
         return 0
     runs: dict[str, list[dict[str, Any]]] = {"plain": [], "agent": []}
-    for _ in range(args.repeat):
-        for side in ("plain", "agent"):
+    for i in range(args.repeat):
+        for side in ("plain", "agent") if i % 2 == 0 else ("agent", "plain"):  # alternate: load drifts over time
             proc = subprocess.run([sys.executable, __file__, "--side", side, "--steps", str(args.steps),
                                    "--rows", str(args.rows)], capture_output=True, text=True, check=True)
             runs[side].append(json.loads(proc.stdout.strip().splitlines()[-1]))
