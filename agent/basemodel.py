@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Sequence
 
+from .config import Quantization
 from .device import resolve
 
 import torch
@@ -149,12 +150,15 @@ def target_shapes(model: torch.nn.Module, suffixes: Sequence[str]) -> dict[str, 
 
 
 def load_base(
-    model_dir: Path, task: Task, device: str = "auto", dtype: torch.dtype | None = None
+    model_dir: Path, task: Task, device: str = "auto", dtype: torch.dtype | None = None,
+    quantization: Quantization = Quantization.NONE,
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Load the base model and its tokenizer from a local folder (never the network), in eval mode.
 
     ``device="auto"`` is CUDA when present (bfloat16 if supported), else the CPU in float32;
-    ``dtype`` overrides the load dtype.
+    ``dtype`` overrides the load dtype. ``quantization`` loads the weights straight onto the GPU
+    in 4 bits (nf4, double quantization, bfloat16 compute: the QLoRA recipe) or 8 bits through
+    bitsandbytes; it needs CUDA and is refused on the CPU.
     """
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
@@ -164,7 +168,8 @@ def load_base(
         raise BaseModelError(f"{model_dir} is not a model folder (no config.json)")
     place = resolve(device, dtype)
     auto = AutoModelForCausalLM if task == "causal-lm" else AutoModelForSequenceClassification
-    model = auto.from_pretrained(str(model_dir), local_files_only=True, dtype=place.dtype)
+    extra = quantized_load_kwargs(Quantization(quantization), place.device)
+    model = auto.from_pretrained(str(model_dir), local_files_only=True, dtype=place.dtype, **extra)
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)
     if tokenizer.pad_token is None:
         # Batching needs a pad token; the EOS token is the usual stand-in for decoder models.
@@ -172,6 +177,29 @@ def load_base(
     if getattr(model.config, "pad_token_id", None) is None:
         # Sequence classification finds each row's last real token through the pad id.
         model.config.pad_token_id = tokenizer.pad_token_id
-    torch.nn.Module.to(model, place.device)
+    if not extra:  # a quantized model is already on its GPU and refuses .to()
+        torch.nn.Module.to(model, place.device)
     model.eval()
     return model, tokenizer
+
+
+def quantized_load_kwargs(quantization: Quantization, device: torch.device) -> dict[str, Any]:
+    """``from_pretrained`` arguments for a bitsandbytes base on ``device`` (empty for ``none``)."""
+    if quantization is Quantization.NONE:
+        return {}
+    if device.type != "cuda":
+        raise BaseModelError(f"quantization = {quantization.value!r} needs a CUDA GPU (bitsandbytes), but this "
+                             f"agent trains on {device}; set quantization = \"none\" to train the base as loaded")
+    try:
+        import bitsandbytes  # type: ignore[import-not-found, unused-ignore]  # noqa: F401
+        from transformers import BitsAndBytesConfig
+    except ImportError as exc:
+        raise BaseModelError(f"quantization = {quantization.value!r} needs bitsandbytes "
+                             f"(pip install 'fedquilt[gpu]'): {exc}") from None
+    if quantization is Quantization.FOUR_BIT:
+        config = BitsAndBytesConfig(  # type: ignore[no-untyped-call, unused-ignore]
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=torch.bfloat16)
+    else:
+        config = BitsAndBytesConfig(load_in_8bit=True)  # type: ignore[no-untyped-call, unused-ignore]
+    return {"quantization_config": config, "device_map": {"": device.index or 0}}

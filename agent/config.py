@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import tomllib
 from pathlib import Path
+from enum import Enum
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -32,6 +33,14 @@ class AgentTls(_Strict):
     key: Path
 
 
+class Quantization(str, Enum):
+    """Precision the frozen base is held in: as loaded, or bitsandbytes 4-bit (QLoRA's nf4) / 8-bit, CUDA only."""
+
+    NONE = "none"
+    FOUR_BIT = "4bit"
+    EIGHT_BIT = "8bit"
+
+
 class ModelSection(_Strict):
     """The local base model and the LoRA this site trains."""
 
@@ -43,6 +52,10 @@ class ModelSection(_Strict):
     device: str = "auto"
     max_length: int = Field(128, ge=2)
     num_labels: int | None = None
+
+    # ---- site hardware (issue 16): quantized bases; several GPUs come from torchrun, not from here ----
+    quantization: Quantization = Quantization.NONE
+    """``"4bit"`` (nf4, double quantization, bf16 compute) or ``"8bit"`` through bitsandbytes; CUDA only."""
 
 
 class DataSection(_Strict):

@@ -1,7 +1,7 @@
 """``DPLoraTrainer``: the agent's ``LoraTrainer`` with record-level DP-SGD (Opacus) in its hooks.
 
 Theory of operation. ``train`` first asks the site's ``PrivacySite`` whether a round of this
-length fits the budget, before the base model is even copied, so an exhausted site declines
+length fits the budget, before the model is even prepared, so an exhausted site declines
 cheaply with ``BudgetExhausted``. Then ``LoraTrainer`` runs as usual and calls the hooks:
 
 * ``_prepare``: the model is already on its device; ``make_private`` wraps it, the optimizer and
@@ -30,6 +30,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from ..strategies.base import TrainingPlan
+from .config import Quantization
 from .privacy import PrivateRun
 from .privacy_ledger import PrivacyError
 from .privacy_session import PrivacyReport, PrivacySite
@@ -54,9 +55,10 @@ class DPLoraTrainer(LoraTrainer):
         privacy: PrivacySite,
         device: str = "auto",
         seed: int | None = None,
+        quantization: Quantization = Quantization.NONE,
     ) -> None:
         """Load the base model as ``LoraTrainer`` does; train under ``privacy``'s settings."""
-        super().__init__(model_dir, task, target_modules, device=device, seed=seed)
+        super().__init__(model_dir, task, target_modules, device=device, seed=seed, quantization=quantization)
         self.privacy = privacy
         self._run: PrivateRun | None = None
         self._report: PrivacyReport | None = None

@@ -1,33 +1,39 @@
-"""Local training of one round: base + merged updates, then LoRA (PEFT) or dense targets.
+"""Local training of one round: the resident base + the plan's updates, then LoRA (PEFT) or dense targets.
 
 Theory of operation
 -------------------
-The base model is loaded once from the local folder and kept in memory on the CPU. Every round
-starts from a fresh copy of it (``merged_base``): the plan's ``merge`` adapter (ΔW = s·B·A) and
-``merge_dense`` are added to the base target weights in float64, then the copy moves to the
-training device. ``prepare`` then either unfreezes only the target weights (``plan.dense``) or
-wraps the copy in a PEFT LoRA model on the full target names (``lora_alpha = s·r`` so PEFT's
-α/r is the plan's s), copies ``plan.init`` into ``lora_A``/``lora_B`` and freezes A or B as the
-plan says. ``fit`` runs the loop and reads the result back as a ``LocalUpdate``: the LoRA pairs
-PEFT holds, or W_after − W_before per target.
+The base model is loaded once from the local folder, straight onto the training device (in 4 or
+8 bits with ``quantization``, see ``basemodel.load_base``), and stays there: no round copies it.
+``merged_base`` applies the plan to that resident model: the ``merge`` adapter (the stacking
+rules' cumulative ΔW = s·B·A) as frozen forward hooks beside the target weights
+(``cumulative.FrozenDelta``), ``merge_dense`` and the dense rule's trained targets as float32
+working copies of the target weights only (``cumulative.DenseOverlay``). ``prepare`` then either
+unfreezes those dense targets (``plan.dense``) or wraps the model in a PEFT LoRA model on the full
+target names (``lora_alpha = s·r`` so PEFT's α/r is the plan's s), copies ``plan.init`` into
+``lora_A``/``lora_B`` and freezes A or B as the plan says. ``fit`` runs the loop and reads the
+result back as a ``LocalUpdate``: the LoRA pairs PEFT holds, or W_after − W_before per target.
+The next ``prepare`` (or ``release``) takes the round off again: PEFT's layers are unloaded, the
+hooks removed and the original weight tensors put back, so the base is bit-identical to the one
+loaded.
 
-The loop is built for a differential-privacy wrapper to slot in (a subclass): the model is on
-its device before ``_prepare(model, optimizer, loader)`` is called (identity here; Opacus's
-``PrivacyEngine.make_private`` belongs there, with ``self.planned_steps`` already set), batches
-are dicts of tensors, ``_loss`` is the single place the loss is computed and
-``_clip_gradients`` the single place batch gradients are clipped. Results are always read from
-the unwrapped model, so a wrapper may return any module that forwards to it.
+Evaluation (``loss_before``, ``loss_after``, ``eval_loss``) reads at most ``eval_batches`` batches
+(default ``DEFAULT_EVAL_BATCHES``), so its cost is fixed per round and does not grow with the local
+dataset; losses are weighted by the tokens (causal LM) or rows (classification) they average.
 
-Several GPUs: start one agent process per GPU with ``torchrun --nproc-per-node=G`` or
-``accelerate launch``. ``device="auto"`` then picks ``cuda:$LOCAL_RANK``; a subclass overrides
-``_prepare`` to return ``DistributedDataParallel(model, device_ids=[rank])`` with a loader over a
-``DistributedSampler`` (or ``accelerator.prepare(model, optimizer, loader)``). DDP keeps the
-replicas identical, so every rank reads back the same update; only rank 0 should upload it.
+The loop is built for wrappers to slot in (subclasses): the model is on its device before
+``_prepare(model, optimizer, loader)`` is called (identity here; Opacus's
+``PrivacyEngine.make_private`` or ``DistributedDataParallel`` belong there, with
+``self.planned_steps`` already set), batches are dicts of tensors, ``_loss`` is the single place
+the loss is computed, ``_step_loss`` the loss a step back-propagates, and ``_clip_gradients`` the
+single place batch gradients are clipped. Results are always read from the unwrapped model, so a
+wrapper may return any module that forwards to it.
+
+Several GPUs: ``agent/ddp_trainer.py`` (``DDPLoraTrainer``) is this trainer under ``torchrun`` or
+``accelerate launch``, and ``agent/distributed.py`` decides which rank talks to the coordinator.
 """
 
 from __future__ import annotations
 
-import copy
 import itertools
 import math
 import warnings
@@ -43,6 +49,8 @@ from tqdm.auto import tqdm  # type: ignore[import-untyped, unused-ignore]
 from ..strategies.base import LocalUpdate, TrainingPlan
 from ..strategies.lora import Adapter, LoraFactors
 from .basemodel import load_base, target_shapes
+from .config import Quantization
+from .cumulative import CumulativeError, DenseOverlay, FrozenDelta
 from .device import resolve
 
 if TYPE_CHECKING:
@@ -51,6 +59,9 @@ if TYPE_CHECKING:
 Task = Literal["causal-lm", "seq-cls"]
 Batch = dict[str, torch.Tensor]
 _PEFT_PREFIX = "base_model.model."
+DEFAULT_EVAL_BATCHES = 1
+"""Batches each evaluation reads by default: a fixed cost per round (two forward batches: before and after
+training, three with held-out data), whatever the dataset size."""
 
 
 class TrainerError(ValueError):
@@ -73,8 +84,8 @@ class TrainHyper(BaseModel):
     galore_rank: int = Field(default=128, gt=0)
     galore_update_proj_gap: int = Field(default=200, gt=0)
     galore_scale: float = Field(default=0.25, gt=0, allow_inf_nan=False)
-    eval_batches: int | None = Field(default=None, gt=0)
-    """Batches used for ``loss_before`` / ``loss_after`` (``None``: the whole local dataset)."""
+    eval_batches: int | None = Field(default=DEFAULT_EVAL_BATCHES, gt=0)
+    """Batches read by each evaluation (``loss_before``, ``loss_after``, ``eval_loss``); ``None``: the whole dataset."""
 
     @model_validator(mode="after")
     def _one_length(self) -> TrainHyper:
@@ -125,46 +136,62 @@ class LoraTrainer:
         target_modules: Sequence[str],
         device: str = "auto",
         seed: int | None = None,
+        quantization: Quantization = Quantization.NONE,
     ) -> None:
         self.task: Task = task
         self.placement = resolve(device)
         """Training device, load dtype and autocast dtype."""
-        base, self.tokenizer = load_base(model_dir, task, device="cpu", dtype=self.placement.dtype)
+        self.quantization = Quantization(quantization)
+        """``none``, or the bitsandbytes precision the frozen base is held in (CUDA only)."""
+        base, self.tokenizer = load_base(model_dir, task, device=str(self.placement.device),
+                                         dtype=self.placement.dtype, quantization=self.quantization)
         self._base: PreTrainedModel = base
+        """The one resident copy of the base, on the training device; rounds never copy it."""
         self._targets = target_shapes(base, target_modules)
         self._seed = seed
         self._rounds = 0
         self.planned_steps = 0
+        """Optimizer steps of the current ``fit``, set before ``_prepare`` (a DP wrapper needs it)."""
         self.eval_data: Dataset[Batch] | None = None
         """Held-out local data; when set, every round reports the received model's loss on it."""
-        """Optimizer steps of the current ``fit``, set before ``_prepare`` (a DP wrapper needs it)."""
+        self._peft_model: Any = None
+        self._hooks = FrozenDelta()
+        self._overlay = DenseOverlay()
 
     def target_names(self) -> dict[str, tuple[int, int]]:
         """Full module names matching the target suffixes -> (d_out, k_in) of their weights."""
         return dict(self._targets)
 
     def merged_base(self, plan: TrainingPlan) -> PreTrainedModel:
-        """A fresh copy of the base on the training device with ``plan.merge``/``merge_dense`` added."""
-        model = copy.deepcopy(self._base)
-        deltas: list[tuple[str, torch.Tensor]] = []
-        deltas += [(name, f.delta()) for name, f in (plan.merge or {}).items()]
-        deltas += list((plan.merge_dense or {}).items())
-        modules = dict(model.named_modules())
-        with torch.no_grad():
-            for name, delta in deltas:
-                if name not in modules:
-                    raise TrainerError(f"cannot merge into {name!r}: the base model has no such module weight")
-                weight = _weight(modules[name], "weight", name)
-                if tuple(weight.shape) != tuple(delta.shape):
-                    raise TrainerError(
-                        f"cannot merge into {name!r}: update is {tuple(delta.shape)}, weight is {tuple(weight.shape)}"
-                    )
-                weight.copy_((weight.to(torch.float64) + delta.to(torch.float64)).to(weight.dtype))
-        torch.nn.Module.to(model, self.placement.device)
-        return model
+        """The resident base with ``plan.merge`` hooked beside its targets and ``merge_dense`` added (no copy).
+
+        Takes the previous round off first (``release``). Dense plans get float32 working copies of
+        their target weights (trained in place); everything else of the base is shared, untouched.
+        """
+        self.release()
+        if self.quantization is not Quantization.NONE and (plan.dense or plan.merge_dense):
+            raise TrainerError(f"the {self.quantization.value} base cannot take dense updates (the 'dense' rule "
+                               "trains and merges full weights): use a LoRA rule or quantization = \"none\"")
+        try:
+            dense_targets = self._targets if plan.dense else {}
+            self._overlay = DenseOverlay.apply(self._base, dense_targets, plan.merge_dense)
+            self._hooks = FrozenDelta.attach(self._base, plan.merge or {})
+        except CumulativeError as exc:
+            self.release()
+            raise TrainerError(str(exc)) from None
+        return self._base
+
+    def release(self) -> None:
+        """Take the last round off the resident base: unload PEFT, remove hooks, restore weights."""
+        if self._peft_model is not None:
+            peft_model, self._peft_model = self._peft_model, None
+            peft_model.unload()
+        self._hooks.remove()
+        self._overlay.restore()
+        self._base.requires_grad_(False)
 
     def prepare(self, plan: TrainingPlan) -> torch.nn.Module:
-        """The model as training starts: merged base with trainable LoRA factors or dense targets."""
+        """The model as training starts: the base with the plan's updates and trainable LoRA factors or dense targets."""
         if not plan.dense and not (plan.train_a or plan.train_b):
             raise TrainerError("the plan freezes both lora_A and lora_B: nothing to train")
         model = self.merged_base(plan)
@@ -172,11 +199,13 @@ class LoraTrainer:
         if plan.dense:
             modules = dict(model.named_modules())
             for name in self._targets:
-                weight = _weight(modules[name], "weight", name)
-                weight.data = weight.data.to(torch.float32)  # trained weights keep float32 masters
-                weight.requires_grad_(True)
+                _weight(modules[name], "weight", name).requires_grad_(True)  # float32 masters (DenseOverlay)
             return model
-        return self._peft(model, plan)
+        try:
+            return self._peft(model, plan)
+        except BaseException:
+            self.release()
+            raise
 
     def _peft(self, model: PreTrainedModel, plan: TrainingPlan) -> torch.nn.Module:
         from peft import LoraConfig, get_peft_model
@@ -196,13 +225,18 @@ class LoraTrainer:
             if self._seed is not None:
                 torch.manual_seed(self._seed + self._rounds)
             peft_model = get_peft_model(model, config)  # no task_type: a generic PeftModel
+        self._peft_model = peft_model
         layers = {name: peft_model.get_submodule(_PEFT_PREFIX + name) for name in self._targets}
+        for name, layer in layers.items():  # float32 masters even when PEFT followed a bf16 or 4-bit base
+            for which in ("lora_A", "lora_B"):
+                factor = _weight(layer, which, name)
+                factor.data = factor.data.to(device=self.placement.device, dtype=torch.float32)
         if plan.init is not None:
             _copy_init(layers, plan.init, plan.scaling)
         for name, layer in layers.items():
             _weight(layer, "lora_A", name).requires_grad_(plan.train_a)
             _weight(layer, "lora_B", name).requires_grad_(plan.train_b)
-        return peft_model.to(self.placement.device)
+        return peft_model
 
     def train(self, plan: TrainingPlan, data: Dataset[Batch], hp: TrainHyper, progress: bool = True) -> TrainResult:
         """Prepare the model as ``plan`` says, train it on ``data`` and return the update."""
@@ -251,7 +285,7 @@ class LoraTrainer:
             for _ in range(steps):
                 batch = self._to_device(next(batches))
                 with self.placement.autocast_context():
-                    loss = self._loss(model, batch)
+                    loss = self._step_loss(model, batch)
                 loss.backward()  # type: ignore[no-untyped-call, unused-ignore]
                 self._clip_gradients(params, hp)
                 optimizer.step()
@@ -277,21 +311,32 @@ class LoraTrainer:
         loss: torch.Tensor = model(**batch).loss
         return loss
 
+    def _step_loss(self, model: torch.nn.Module, batch: Batch) -> torch.Tensor:
+        """The loss one training step back-propagates (``_loss``; DDP reweights its shard's share)."""
+        return self._loss(model, batch)
+
     def evaluate(self, model: torch.nn.Module, data: Dataset[Batch], hp: TrainHyper) -> float:
-        """Sample-weighted mean loss of ``model`` on ``data`` (at most ``hp.eval_batches`` batches)."""
-        was_training = model.training
-        model.eval()
-        total, count = 0.0, 0
-        with torch.no_grad():
-            for batch in itertools.islice(self._loader(data, hp.batch_size, shuffle=False), hp.eval_batches):
-                size = int(batch["input_ids"].shape[0])
-                with self.placement.autocast_context():
-                    total += float(self._loss(model, self._to_device(batch))) * size
-                count += size
-        model.train(was_training)
+        """Mean loss of ``model`` on ``data`` (at most ``hp.eval_batches`` batches), weighted as the loss averages."""
+        total, count = self._eval_sums(model, data, hp)
         if count == 0:
             raise TrainerError("cannot evaluate on an empty dataset")
         return total / count
+
+    def _eval_sums(self, model: torch.nn.Module, data: Dataset[Batch], hp: TrainHyper) -> tuple[float, float]:
+        """(Σ weight·loss, Σ weight) over the evaluated batches (``loss_weight`` of each)."""
+        was_training = model.training
+        model.eval()
+        total, count = 0.0, 0.0
+        with torch.no_grad():
+            for batch in itertools.islice(self._loader(data, hp.batch_size, shuffle=False), hp.eval_batches):
+                weight = loss_weight(batch)
+                if weight == 0:
+                    continue
+                with self.placement.autocast_context():
+                    total += float(self._loss(model, self._to_device(batch))) * weight
+                count += weight
+        model.train(was_training)
+        return total, count
 
     def _loader(self, data: Dataset[Batch], batch_size: int, shuffle: bool) -> DataLoader[Batch]:
         generator = None
@@ -318,6 +363,16 @@ class LoraTrainer:
             b = _weight(layer, "lora_B", name).detach().to(torch.float32).cpu().clone()
             adapter[name] = LoraFactors(A=a, B=b, scaling=scaling)
         return adapter
+
+
+def loss_weight(batch: Batch) -> float:
+    """How many terms the batch's mean loss averages: predicted tokens (causal LM) or rows."""
+    labels = batch.get("labels")
+    if labels is None:
+        return float(batch["input_ids"].shape[0]) if "input_ids" in batch else 0.0
+    if labels.ndim == 2:  # causal LM: the model shifts the labels by one and ignores -100
+        return float((labels[:, 1:] != -100).sum())
+    return float(labels.shape[0])
 
 
 def _copy_init(layers: dict[str, torch.nn.Module], init: Adapter, scaling: float) -> None:

@@ -20,7 +20,8 @@ def register(sub: Any) -> None:
         "run", help="connect to the coordinator and serve rounds until the federation finishes",
         description="Load the local base model and data, enrol with the coordinator over mutual TLS, then train and "
                     "upload for every round this site is sampled into. Reconnects with backoff when the coordinator "
-                    "goes away.")
+                    "goes away. Under torchrun --nproc-per-node=G (or accelerate launch) rank 0 alone talks to the "
+                    "coordinator and every rank trains with DDP on its slice of each batch (docs/agent.md).")
     run.add_argument("--config", required=True, type=Path, help="agent TOML file (see docs/agent.md)")
     run.add_argument("--no-progress", action="store_true", help="no progress bars (for logs and services)")
     run.set_defaults(func=_run)
@@ -29,14 +30,13 @@ def register(sub: Any) -> None:
 
 def build_loop(config_path: Path, progress: bool = True) -> Any:
     """Everything an agent needs, built from its configuration file."""
-    from ..agent.basemodel import fingerprint
     from ..agent.config import load_agent_config
-    from ..agent.data import load_dataset
-    from ..agent.loop import AgentLoop, hello_request
     from ..agent.trainer import LoraTrainer
-    from ..agent.transport import Transport, channel
 
     cfg = load_agent_config(config_path)
+    ranks = _ranks(cfg)
+    if ranks.distributed:
+        return _build_distributed(cfg, ranks, progress)
     privacy = None
     trainer: LoraTrainer
     if cfg.dp is not None:
@@ -45,16 +45,34 @@ def build_loop(config_path: Path, progress: bool = True) -> Any:
 
         privacy = PrivacySite.from_config(cfg.dp, cfg.state_dir / "privacy.json")
         trainer = DPLoraTrainer(cfg.model.dir, cfg.model.task, cfg.model.target_modules, privacy,
-                                device=cfg.model.device, seed=cfg.seed)
+                                device=cfg.model.device, seed=cfg.seed, quantization=cfg.model.quantization)
     else:
         trainer = LoraTrainer(cfg.model.dir, cfg.model.task, cfg.model.target_modules, device=cfg.model.device,
-                              seed=cfg.seed)
+                              seed=cfg.seed, quantization=cfg.model.quantization)
+    data, eval_data = _local_data(cfg, trainer)
+    return _agent_loop(cfg, trainer, data, eval_data, privacy, progress)
+
+
+def _local_data(cfg: Any, trainer: Any) -> tuple[Any, Any]:
+    """The site's training data and held-out data (``None`` without ``[data] eval``), set on ``trainer``."""
+    from ..agent.data import load_dataset
+
     data = load_dataset(cfg.data.train, trainer.tokenizer, cfg.model.task, cfg.model.max_length, cfg.model.num_labels)
     eval_data = None
     if cfg.data.eval is not None:
         eval_data = load_dataset(cfg.data.eval, trainer.tokenizer, cfg.model.task, cfg.model.max_length,
                                  cfg.model.num_labels)
         trainer.eval_data = eval_data
+    return data, eval_data
+
+
+def _agent_loop(cfg: Any, trainer: Any, data: Any, eval_data: Any, privacy: Any, progress: bool) -> Any:
+    """The agent loop of the process that talks to the coordinator (the only one that opens a channel)."""
+    from ..agent.basemodel import fingerprint
+    from ..agent.loop import AgentLoop, hello_request
+    from ..agent.transport import Transport, channel
+
+    log.info("opening the coordinator channel to %s", cfg.coordinator.address)
     chan = channel(cfg.coordinator.address, cfg.tls.ca.read_bytes(), cfg.tls.cert.read_bytes(), cfg.tls.key.read_bytes(),
                    cfg.coordinator.server_name)
     transport = Transport(chan, max_backoff=cfg.coordinator.max_backoff)
@@ -65,6 +83,33 @@ def build_loop(config_path: Path, progress: bool = True) -> Any:
     secure = SecureSumClient(cfg.tls.ca.read_bytes(), cfg.tls.cert.read_bytes(), cfg.tls.key.read_bytes())
     return AgentLoop(transport, trainer, data, hello, cfg.model.alpha, cfg.state_dir, eval_data=eval_data,
                      privacy=privacy, secure_sum=secure, progress=progress, keep_submissions=cfg.keep_submissions)
+
+
+# ---- several processes per site (issue 16): torchrun / accelerate launch ---------------------------------
+
+
+def _ranks(cfg: Any) -> Any:
+    from ..agent.distributed import Ranks, refuse_dp
+
+    ranks = Ranks.from_env()
+    refuse_dp(ranks, cfg.dp)
+    return ranks
+
+
+def _build_distributed(cfg: Any, ranks: Any, progress: bool) -> Any:
+    """Rank 0: the agent loop with a ``LeaderTrainer``; other ranks: a ``Follower`` (no coordinator channel)."""
+    from ..agent.ddp_trainer import DDPLoraTrainer
+    from ..agent.distributed import Follower, Leader, LeaderTrainer, Role, join
+
+    backend = join(ranks)
+    log.info("rank %d of %d (local rank %d, %s)", ranks.rank, ranks.world, ranks.local_rank, backend)
+    trainer = DDPLoraTrainer(cfg.model.dir, cfg.model.task, cfg.model.target_modules, device=cfg.model.device,
+                             seed=cfg.seed, quantization=cfg.model.quantization)
+    data, eval_data = _local_data(cfg, trainer)  # every rank: evaluation is sharded too
+    if ranks.role is Role.FOLLOWER:
+        return Follower(trainer, data)
+    leader = LeaderTrainer(trainer)
+    return Leader(_agent_loop(cfg, leader, data, eval_data, None, progress), leader)
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -87,26 +87,46 @@ def test_frozen_a_stays_bit_identical(trainer: LoraTrainer, data: TokenizedDatas
     assert all(torch.equal(f.B, init[n].B) and not torch.equal(f.A, init[n].A) for n, f in res.update.adapter.items())
 
 
-def test_merge_adds_s_b_a_to_the_base(trainer: LoraTrainer, tiny_workspace: Workspace) -> None:
+def test_merge_adds_s_b_a_to_the_base(trainer: LoraTrainer, tiny_workspace: Workspace, data: TokenizedDataset) -> None:
+    """The resident base with the plan applied computes what hand-merged weights compute, and is never written."""
     merge = random_adapter(trainer.target_names(), 3, 1.5, seed=2)
     extra = "model.layers.1.mlp.up_proj"
     dense = {extra: torch.randn(128, 64, generator=torch.Generator().manual_seed(3)) * 0.01}
-    model = trainer.merged_base(TrainingPlan(rank=4, scaling=1.0, merge=merge, merge_dense=dense))
-    got = {k: v.detach() for k, v in model.state_dict().items()}
     base = base_weights(tiny_workspace)
-    for name, f in merge.items():
-        want = base[f"{name}.weight"].double() + 1.5 * f.B.double() @ f.A.double()
-        assert torch.allclose(got[f"{name}.weight"].double(), want, atol=1e-6, rtol=0)
-        assert not torch.allclose(got[f"{name}.weight"], base[f"{name}.weight"], atol=1e-4)
-    assert torch.allclose(got[f"{extra}.weight"], base[f"{extra}.weight"] + dense[extra], atol=1e-7)
-    untouched = "model.layers.0.self_attn.k_proj.weight"
-    assert torch.equal(got[untouched], base[untouched])
-    # the cached base is not modified: the next round starts clean again
-    fresh = trainer.merged_base(TrainingPlan(rank=4, scaling=1.0)).state_dict()
-    assert all(torch.equal(fresh[k], base[k]) for k in base)
+    model = trainer.merged_base(TrainingPlan(rank=4, scaling=1.0, merge=merge, merge_dense=dense))
+    hand = AutoModelForCausalLM.from_pretrained(tiny_workspace.model_dir, local_files_only=True).eval()
+    with torch.no_grad():
+        for name, f in merge.items():
+            w = hand.get_submodule(name).weight
+            w.copy_((w.double() + 1.5 * f.B.double() @ f.A.double()).float())
+        hand.get_submodule(extra).weight.add_(dense[extra])
+        batch = data.collate([data[i] for i in range(4)])
+        inputs = {k: batch[k] for k in ("input_ids", "attention_mask")}
+        got, want = model(**inputs).logits, hand(**inputs).logits
+        assert torch.allclose(got, want, atol=1e-5, rtol=0) and not torch.allclose(got, base_logits(base, hand, inputs))
+        state = model.state_dict()  # ΔW sits beside the weights: the stored target weights are the base's
+        for name in merge:
+            assert torch.equal(state[f"{name}.weight"], base[f"{name}.weight"])
+        assert torch.allclose(state[f"{extra}.weight"], base[f"{extra}.weight"] + dense[extra], atol=1e-7)
+        # the next round starts clean: no hook left, every weight bit-identical to the file
+        fresh = trainer.merged_base(TrainingPlan(rank=4, scaling=1.0))
+        assert all(torch.equal(v, base[k]) for k, v in fresh.state_dict().items() if k in base)
+        plain = fresh(**inputs).logits
+        assert torch.equal(plain, base_logits(base, hand, inputs))
 
 
-def test_dense_returns_w_after_minus_w_before(trainer: LoraTrainer, data: TokenizedDataset) -> None:
+def base_logits(base: dict[str, torch.Tensor], model: torch.nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Logits of ``model``'s architecture with the file's weights (a fresh model, nothing merged)."""
+    fresh = type(model)(model.config).eval()
+    fresh.load_state_dict(base, strict=False)
+    fresh.tie_weights()
+    with torch.no_grad():
+        logits: torch.Tensor = fresh(**inputs).logits
+    return logits
+
+
+def test_dense_returns_w_after_minus_w_before(trainer: LoraTrainer, data: TokenizedDataset,
+                                             tiny_workspace: Workspace) -> None:
     plan = TrainingPlan(rank=4, scaling=1.0, dense=True, merge_dense={Q0: torch.full((64, 64), 0.01)})
     model = trainer.prepare(plan)
     before = {k: v.detach().clone() for k, v in model.state_dict().items()}
@@ -119,6 +139,11 @@ def test_dense_returns_w_after_minus_w_before(trainer: LoraTrainer, data: Tokeni
         assert float(delta.abs().max()) > 0
     frozen = [k for k in before if not any(k == f"{t}.weight" for t in trainer.target_names())]
     assert frozen and all(torch.equal(before[k], after[k]) for k in frozen)
+    # the dense round trained float32 working copies: releasing it leaves the resident base as loaded
+    trainer.release()
+    base = base_weights(tiny_workspace)
+    assert all(torch.equal(v, base[k]) for k, v in model.state_dict().items() if k in base)
+    assert not any(p.requires_grad for p in model.parameters())
 
 
 def test_saved_adapter_loads_in_peft_as_the_hand_merged_model(
