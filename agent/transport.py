@@ -46,6 +46,8 @@ class Transport:
         self.diagnose, self.max_failed_handshakes = diagnose, max_failed_handshakes
         """``diagnose`` classifies an UNAVAILABLE; after ``max_failed_handshakes`` TLS failures in a row the calls
         raise ``ConnectionProblem`` (None: retry for ever)."""
+        self.poll_slack = 15.0
+        """A long poll's deadline is its ``wait_seconds`` plus this; passing it means "nothing yet"."""
         self._told: set[str] = set()
         self._failed_handshakes = 0
         self.on_reconnect: Callable[[], None] | None = None
@@ -107,7 +109,7 @@ class Transport:
         def poll() -> pb.Task:
             try:
                 task: pb.Task = self.stub.WaitForTask(pb.WaitRequest(after_step=after_step, wait_seconds=seconds),
-                                                      timeout=seconds + 15)
+                                                      timeout=seconds + self.poll_slack)
             except grpc.RpcError as exc:
                 if exc.code() is not grpc.StatusCode.DEADLINE_EXCEEDED:
                     raise

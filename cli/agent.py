@@ -57,7 +57,14 @@ def build_loop(config_path: Path, progress: bool = True) -> Any:
         trainer.eval_data = eval_data
     chan = channel(cfg.coordinator.address, cfg.tls.ca.read_bytes(), cfg.tls.cert.read_bytes(), cfg.tls.key.read_bytes(),
                    cfg.coordinator.server_name)
-    transport = Transport(chan, max_backoff=cfg.coordinator.max_backoff)
+    from ..agent.connection_diagnosis import diagnose
+
+    def _diagnose() -> Any:
+        return diagnose(cfg.coordinator.address, cfg.tls.ca, cfg.tls.cert, cfg.tls.key, cfg.coordinator.server_name,
+                        role="site")
+
+    transport = Transport(chan, max_backoff=cfg.coordinator.max_backoff, diagnose=_diagnose,
+                          max_failed_handshakes=cfg.coordinator.max_failed_handshakes)
     hello = hello_request(trainer, fingerprint(cfg.model.dir), data.n, cfg.model.rank, cfg.model.alpha, cfg.model.task,
                           __version__)
     from ..agent.secure_sum import SecureSumClient
@@ -67,6 +74,24 @@ def build_loop(config_path: Path, progress: bool = True) -> Any:
                      privacy=privacy, secure_sum=secure, progress=progress, keep_submissions=cfg.keep_submissions)
 
 
+EXIT_CANNOT_CONNECT = 3
+"""Exit code of ``agent run`` when the coordinator refuses this site or the TLS identities do not fit."""
+
+
 def _run(args: argparse.Namespace) -> int:
+    import grpc
+
+    from ..agent.connection_diagnosis import ConnectionProblem
+
     loop = build_loop(args.config, progress=not args.no_progress)
-    return int(loop.run())
+    try:
+        return int(loop.run())
+    except ConnectionProblem as exc:
+        log.error("giving up: %s", exc)
+        return EXIT_CANNOT_CONNECT
+    except grpc.RpcError as exc:
+        if exc.code() in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED,
+                          grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.INVALID_ARGUMENT):
+            log.error("the coordinator refused this site: %s", exc.details())
+            return EXIT_CANNOT_CONNECT
+        raise
