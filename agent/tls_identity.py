@@ -92,8 +92,8 @@ def check_identity(ca: Path, cert: Path, key: Path, role: str | None, *, host: s
         raise IdentityProblem(f"{cert} ({me.name}) is not valid before {leaf.not_valid_before_utc:%Y-%m-%d %H:%M}Z "
                               "(check this machine's clock)")
     if role is not None and me.role != role:
-        raise IdentityProblem(f"{cert} is a {me.role or 'role-less'} certificate ({me.name}); this needs a {role} "
-                              f"certificate: `fedquilt certs issue --role {role}`")
+        raise IdentityProblem(f"{cert} ({me.name}) has role {me.role or 'none'}; this needs a {role} certificate: "
+                              f"`fedquilt certs issue --role {role}`")
     try:
         eku = leaf.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
         if _EKU.get(role or me.role, ExtendedKeyUsageOID.CLIENT_AUTH) not in eku:

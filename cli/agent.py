@@ -24,6 +24,15 @@ def register(sub: Any) -> None:
     run.add_argument("--config", required=True, type=Path, help="agent TOML file (see docs/agent.md)")
     run.add_argument("--no-progress", action="store_true", help="no progress bars (for logs and services)")
     run.set_defaults(func=_run)
+    check = agent_sub.add_parser(
+        "check", help="validate a config, certificates, model folder and data; print what run would do (trains nothing)",
+        description="Load the config strictly (an unknown key is refused, naming the keys allowed there), check the "
+                    "site certificate (issued by the CA, role site, not expired, matching its key), fingerprint the "
+                    "base model and look at the data files, then print what `agent run` would do. With --connect, "
+                    "also open one TLS connection to the coordinator and say why it fails, if it does.")
+    check.add_argument("--config", required=True, type=Path, help="agent TOML file (see docs/agent.md)")
+    check.add_argument("--connect", action="store_true", help="also test the TLS connection to the coordinator")
+    check.set_defaults(func=_check)
     p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
 
 
@@ -83,6 +92,15 @@ def _run(args: argparse.Namespace) -> int:
 
     from ..agent.connection_diagnosis import ConnectionProblem
 
+    from ..agent.config import load_agent_config
+    from .preflight import PreflightError, check_tls
+
+    cfg = load_agent_config(args.config)
+    try:
+        check_tls(cfg.tls.ca, cfg.tls.cert, cfg.tls.key, "site")
+    except PreflightError as exc:
+        log.error("cannot start: %s", exc)
+        return EXIT_CANNOT_CONNECT
     loop = build_loop(args.config, progress=not args.no_progress)
     try:
         return int(loop.run())
@@ -95,3 +113,15 @@ def _run(args: argparse.Namespace) -> int:
             log.error("the coordinator refused this site: %s", exc.details())
             return EXIT_CANNOT_CONNECT
         raise
+
+
+def _check(args: argparse.Namespace) -> int:
+    from ..agent.config import load_agent_config
+    from .preflight import agent_checks
+
+    cfg = load_agent_config(args.config)
+    print(f"config {args.config}: valid")
+    for line in agent_checks(cfg, connect=args.connect):
+        print(line)
+    print("ok: `fedquilt agent run` would start")
+    return 0

@@ -66,7 +66,11 @@ def start_http(listen: str, metrics: Metrics, status_fn: StatusFn) -> tuple[Stat
     """Serve /metrics, /status, /status.json and /healthz on ``listen`` ("host:port", port 0 = any)."""
     host, port = parse_listen(listen)
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    server = StatusServer((host, port), family, metrics, status_fn)
+    try:
+        server = StatusServer((host, port), family, metrics, status_fn)
+    except OSError as exc:
+        raise OSError(exc.errno, f"cannot serve metrics and the status page on {listen} (server.metrics_listen): "
+                                 f"{exc.strerror}") from None
     server.thread = threading.Thread(target=server.serve_forever, args=(0.1,), name="status-http", daemon=True)
     server.thread.start()
     bound = int(server.server_address[1])
