@@ -6,6 +6,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from .connection import add_connection_args, connection_of
+
 
 def register(sub: Any) -> None:
     """Add ``pull``."""
@@ -25,47 +27,19 @@ def register(sub: Any) -> None:
                    help="base model for adapter_config.json's base_model_name_or_path, so that "
                         "AutoPeftModelForCausalLM.from_pretrained(DIR) loads it; a local folder is fingerprinted and "
                         "must be the federation's base")
-    p.add_argument("--coordinator", default="localhost:7443", help="coordinator address (default localhost:7443)")
-    p.add_argument("--server-name", help="TLS name to expect on the coordinator certificate (default: the host)")
-    p.add_argument("--ca", type=Path, help="federation CA certificate (PEM)")
-    p.add_argument("--cert", type=Path, help="your certificate (PEM) issued by `fedquilt certs issue`")
-    p.add_argument("--key", type=Path, help="your private key (PEM)")
-    p.add_argument("--agent-config", type=Path,
-                   help="take address and certificates from a TOML with [coordinator] and [tls] (an agent's config, "
-                        "or a consumer's with only those two sections)")
+    add_connection_args(p)
     p.set_defaults(func=_pull)
-
-
-def connection_args(args: argparse.Namespace) -> tuple[str, str | None, Path, Path, Path]:
-    """Address, TLS name, CA, certificate and key from the flags or from ``--agent-config``."""
-    address, server_name = args.coordinator, args.server_name
-    ca, cert, key = args.ca, args.cert, args.key
-    if getattr(args, "agent_config", None):
-        from ..agent.config import load_client_config
-
-        cfg = load_client_config(args.agent_config)
-        address, server_name = cfg.coordinator.address, server_name or cfg.coordinator.server_name
-        ca, cert, key = cfg.tls.ca, cfg.tls.cert, cfg.tls.key
-    if not (ca and cert and key):
-        raise ValueError("give --ca, --cert and --key (or --agent-config)")
-    for what, path in (("--ca", ca), ("--cert", cert), ("--key", key)):
-        if not Path(path).is_file():
-            raise ValueError(f"{what} {path} does not exist")
-    return address, server_name, ca, cert, key
 
 
 def _pull(args: argparse.Namespace) -> int:
     import json
 
     from ..agent.pull import parse_ref, pull
-    from ..agent.transport import channel
-    from .rpc_messages import plain_rpc_errors
 
-    address, server_name, ca, cert, key = connection_args(args)
+    conn = connection_of(args)
     model, ref = parse_ref(args.ref)
-    chan = channel(address, ca.read_bytes(), cert.read_bytes(), key.read_bytes(), server_name)
-    with plain_rpc_errors(address, ca, cert, key, server_name, f"pull {model}:{ref}"):
-        manifest = pull(chan, model, ref, args.out, ca.read_bytes(), force=args.force, base=args.base)
+    with conn.plain_errors(f"pull {model}:{ref}"):
+        manifest = pull(conn.channel(), model, ref, args.out, conn.ca.read_bytes(), force=args.force, base=args.base)
     print(f"pulled {model}:{manifest['version']} (round {manifest['round']}, rule {manifest['rule']}, "
           f"{manifest['contributors']} contributors) into {args.out}")
     if args.base is None:
