@@ -336,6 +336,6 @@ _STYLE: Final = (
     ".facts th{color:#555;font-weight:normal}td.num{text-align:right;font-variant-numeric:tabular-nums}"
     ".on{color:#17803d;font-weight:bold}.off{color:#c00;font-weight:bold}tr.discarded td{color:#a00}"
     "svg text{font-size:11px;fill:#444}.done{color:#1f4fa0;font-weight:bold}"
-    ".wide{overflow-x:auto;max-width:100%}"
+    ".wide{overflow-x:auto;max-width:100%}.wide td{white-space:nowrap}"
     "@media (max-width:700px){body{margin:10px;font-size:13px}th,td{padding:2px 6px}}"
 )
