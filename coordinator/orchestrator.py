@@ -551,7 +551,7 @@ def _progress(rnd: RoundRecord) -> dict[str, Any]:
         else:
             done = set(getattr(collector, "heard", ()))
             stage = getattr(collector, "stage", None)
-            substep = getattr(stage, "value", None)
+            substep = str(getattr(stage, "value", "")).removeprefix("SECAGG_").lower() or None
     sites = {}
     for site in sorted(rnd.cohort):
         if rnd.stage is RoundStage.TRAINING:

@@ -64,3 +64,18 @@ def test_admin_errors_are_plain(coordinator: Any, capsys: pytest.CaptureFixture[
     assert main(["admin", *args, "stop"]) == 1
     err = capsys.readouterr().err
     assert f"nothing is listening at 127.0.0.1:{free}" in err and "_InactiveRpcError" not in err
+
+
+def test_status_shows_per_site_progress_and_secure_sum_step(coordinator: Any) -> None:
+    w = coordinator(secagg=True)
+    trained = w.open_round()
+    rnd = w.running.orchestrator.status()["current_round"]
+    assert rnd["progress"] == {"site-0": "training", "site-1": "training"} and rnd["deadline_utc"]
+    w.train_done("site-0", trained["site-0"])
+    assert w.running.orchestrator.status()["current_round"]["progress"]["site-0"] == "trained"
+    from fedquilt.proto import federation_pb2 as pb
+
+    w.next_stage(trained, pb.DECLARE_LAYOUT)
+    rnd = w.running.orchestrator.status()["current_round"]
+    assert rnd["stage"] == "phase" and rnd["secure_sum_step"] == "declare_layout"
+    assert rnd["progress"] == {"site-0": "waiting", "site-1": "waiting"}
