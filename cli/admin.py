@@ -63,7 +63,8 @@ def _set(args: argparse.Namespace, running: bool) -> int:
         status = json.loads(_stub(args).SetFederationState(pb.FederationStateRequest(running=running), timeout=30).json)
     from .status import state_of
 
-    print(f"federation {status['federation']}: {state_of(status)}")
+    done = " (finished: every planned round is published)" if state_of(status) == "finished" else ""
+    print(f"federation {status['federation']}: {'running' if status['running'] else 'paused'}{done}")
     return 0
 
 
