@@ -30,9 +30,9 @@ class CoordinatorAddress(_Strict):
     @field_validator("address")
     @classmethod
     def _address(cls, v: str) -> str:
-        host, sep, port = v.rpartition(":")
-        if not sep or not host or not port.isdigit() or not 0 < int(port) <= 65535:
-            raise ValueError(f"must be HOST:PORT of the coordinator's gRPC port (e.g. coord.example.org:7443), got {v!r}")
+        from ..address import parse_address
+
+        parse_address(v, allow_port_zero=False)
         return v
 
 

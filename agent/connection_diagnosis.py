@@ -20,6 +20,7 @@ from pathlib import Path
 
 from cryptography import x509
 
+from ..address import parse_address
 from .tls_identity import IdentityProblem, check_identity, describe
 
 
@@ -60,14 +61,6 @@ class ConnectionProblem(Exception):
     def __init__(self, diagnosis: Diagnosis) -> None:
         super().__init__(diagnosis.message)
         self.diagnosis = diagnosis
-
-
-def split_address(address: str) -> tuple[str, int]:
-    """``host:port`` (IPv6 as ``[::1]:port``) -> (host, port)."""
-    host, sep, port = address.rpartition(":")
-    if not sep or not port.isdigit():
-        raise ValueError(f"coordinator address must be HOST:PORT, got {address!r}")
-    return host.strip("[]") or "localhost", int(port)
 
 
 def _server_certificate(host: str, port: int, timeout: float) -> x509.Certificate | None:
@@ -134,7 +127,7 @@ def diagnose(address: str, ca: Path, cert: Path, key: Path, server_name: str | N
         check_identity(ca, cert, key, role)
     except IdentityProblem as exc:
         return Diagnosis(Problem.LOCAL_IDENTITY, str(exc))
-    host, port = split_address(address)
+    host, port = parse_address(address, allow_port_zero=False)
     name = server_name or host
     ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(ca))
     ctx.set_alpn_protocols(["h2"])

@@ -12,6 +12,7 @@ import socket
 from pathlib import Path
 from typing import Any
 
+from ..address import parse_address
 from ..agent.tls_identity import IdentityProblem, check_identity, host_matches
 
 
@@ -29,14 +30,13 @@ def check_tls(ca: Path, cert: Path, key: Path, role: str) -> Any:
 
 def port_free(listen: str) -> bool:
     """Whether ``listen`` ("host:port") can be bound now (port 0 always can)."""
-    host, _, port = listen.rpartition(":")
-    if int(port) == 0:
+    host, port = parse_address(listen)
+    if port == 0:
         return True
-    host = host.strip("[]")
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as s:
         try:
-            s.bind((host, int(port)))
+            s.bind((host, port))
         except OSError as exc:
             if exc.errno == errno.EADDRINUSE:
                 return False
@@ -61,7 +61,7 @@ def coordinator_checks(cfg: Any) -> list[str]:
     except RevocationListError as exc:
         raise PreflightError(f"{exc}; copy crl.pem from the CA folder (`fedquilt certs init` writes it)") from None
     lines.append(f"revocation list: {crl}")
-    host = cfg.server.listen.rpartition(":")[0].strip("[]")
+    host = parse_address(cfg.server.listen)[0]
     if host not in ("0.0.0.0", "::", "") and not host_matches(me.hosts, host):
         lines.append(f"warning: agents connecting to {host} will fail: the certificate names only "
                      f"{', '.join(me.hosts)}; agents must set server_name to one of them")

@@ -130,10 +130,9 @@ class CoordinatorConfig(_Strict):
 
 def check_address(v: str) -> str:
     """``HOST:PORT`` (IPv6 as ``[::1]:PORT``) with a port in 0..65535, else a ValueError saying so."""
-    host, sep, port = v.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise ValueError(f"must be HOST:PORT (e.g. 0.0.0.0:{port if port.isdigit() else 7443} or "
-                         f"127.0.0.1:7443), got {v!r}")
+    from ..address import parse_address
+
+    parse_address(v)
     return v
 
 

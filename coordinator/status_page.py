@@ -81,10 +81,12 @@ def start_http(listen: str, metrics: Metrics, status_fn: StatusFn) -> tuple[Stat
 
 def parse_listen(listen: str) -> tuple[str, int]:
     """Split "host:port" or "[v6]:port" into (host, port)."""
-    host, sep, port_text = listen.rpartition(":")
-    if not sep or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
-        raise ValueError(f"metrics_listen must be 'host:port' with a port in 0..65535, got {listen!r}")
-    return host.strip("[]"), int(port_text)
+    from ..address import parse_address
+
+    try:
+        return parse_address(listen)
+    except ValueError as exc:
+        raise ValueError(f"metrics_listen {exc}") from None
 
 
 class _Handler(BaseHTTPRequestHandler):
