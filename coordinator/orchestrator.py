@@ -458,6 +458,7 @@ class Orchestrator:
         facts = {
             "base_fingerprint": self.fed.base_fingerprint, "rule": self.fed.rule, "round_id": rnd.spec.round_id,
             "contributors": len(rnd.participants), "cohort": len(rnd.cohort),
+            "samples": sum(self.sites[s].num_samples for s in rnd.participants if s in self.sites),
             "dropouts": len(rnd.cohort) - len(rnd.participants),
             "secure_aggregation": collector.manifest_facts() if not isinstance(collector, PlainCollector) else None,
             "privacy": {s: rnd.trained[s].get("dp") for s in sorted(rnd.participants) if rnd.trained[s].get("dp")},

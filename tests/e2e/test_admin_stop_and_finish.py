@@ -96,5 +96,8 @@ def test_finished_federation_says_finished(federation: Any, logs: Any, capsys: p
     assert "fedquilt_build_info{version=" in metrics and "fedquilt_site_last_seen_seconds{site=" in metrics
     last = [line for line in metrics.splitlines() if line.startswith("fedquilt_last_publish_timestamp_seconds ")]
     assert last and abs(float(last[0].split()[1]) - time.time()) < 300
+    sites = fed.running.orchestrator.status()["sites"]
+    manifest = fed.running.store.manifest(fed.files.model, "v0001")
+    assert manifest["samples"] == sum(s["num_samples"] for s in sites) and manifest["samples"] > 2
     entry = fed.running.orchestrator.status()["history"][-1]
     assert entry["round_id"].startswith("r0001-") and entry["published_at"] and "epsilon" in entry
