@@ -61,6 +61,8 @@ class SiteRecord:
     alpha: float
     last_seen: float
     assignment: Assignment = field(default_factory=lambda: Assignment(step=0, kind=Step.IDLE))
+    left: bool = False
+    """The site took its SHUTDOWN (its agent exits): shown offline at once, not after the online window."""
 
 
 @dataclass
@@ -185,6 +187,7 @@ class Orchestrator:
                 self._cond.wait(min(left, 1.0))
                 record = self._site(site)
             record.last_seen = self.clock()
+            record.left = record.assignment.kind is Step.SHUTDOWN
             return record.assignment
 
     def global_payload(self, site: SiteId) -> bytes:
@@ -275,7 +278,8 @@ class Orchestrator:
                     **_progress(rnd),
                 },
                 "sites": sorted([
-                    {"site": s.site, "online": now - s.last_seen < self.online_window, "num_samples": s.num_samples,
+                    {"site": s.site, "online": now - s.last_seen < self.online_window and not s.left,
+                     "num_samples": s.num_samples,
                      "rank": s.rank, "last_seen_seconds_ago": round(now - s.last_seen, 1)}
                     for s in self.sites.values()
                 ] + [{**s, "online": False, "last_seen_seconds_ago": round(now - seen, 1)}

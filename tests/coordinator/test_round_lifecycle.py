@@ -104,3 +104,15 @@ def test_refused_hello_names_the_site() -> None:
     orch = _orch(Clock())
     with pytest.raises(Exception, match="hospital-x: base model fingerprint"):
         orch.hello("hospital-x", 10, 4, 16.0, "0" * 64, "causal-lm", {"m": (8, 8)})  # type: ignore[arg-type]
+
+
+def test_site_that_took_its_shutdown_is_offline_at_once() -> None:
+    clock = Clock(10.0)
+    orch = _orch(clock, rounds_done=2, global_version="v0002")
+    _hello(orch, "site-0")
+    _hello(orch, "site-1")
+    orch.tick()  # finished: every site is told SHUTDOWN
+    assert [s["online"] for s in orch.status()["sites"]] == [True, True]
+    task = orch.wait("site-0", 0, timeout=1.0)  # type: ignore[arg-type]
+    assert task.kind.value == "SHUTDOWN"
+    assert [(s["site"], s["online"]) for s in orch.status()["sites"]] == [("site-0", False), ("site-1", True)]
