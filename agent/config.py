@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import os
 import tomllib
-from pathlib import Path
 from enum import Enum
-from typing import Any, Literal
+from pathlib import Path
+from typing import Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 
 class _Strict(BaseModel):
@@ -23,6 +23,18 @@ class CoordinatorAddress(_Strict):
     """Override the TLS server name checked against the coordinator certificate."""
     max_backoff: float = Field(30.0, gt=0)
     """Longest wait between reconnection attempts (exponential backoff with jitter)."""
+
+    # -- connection diagnosis (issue 13) --
+    max_failed_handshakes: int | None = Field(10, ge=1)
+    """Exit non-zero after this many TLS handshake failures in a row (wrong CA, name, role, expired); None: retry."""
+
+    @field_validator("address")
+    @classmethod
+    def _address(cls, v: str) -> str:
+        from ..address import parse_address
+
+        parse_address(v, allow_port_zero=False)
+        return v
 
 
 class AgentTls(_Strict):
@@ -80,9 +92,45 @@ class AgentConfig(_Strict):
     keep_submissions: bool = False
     """Audit copy: keep every vector this site submitted (before masking) under state_dir/submissions."""
 
+    # -- typed [dp] (issue 13): a typo is refused at start, naming the allowed keys --
+    @field_validator("dp")
+    @classmethod
+    def _dp(cls, v: dict[str, Any] | None) -> dict[str, Any] | None:
+        if v is None:
+            return None
+        from ..config_errors import describe_errors
+        from .privacy import DPConfig
+
+        try:
+            DPConfig.model_validate({k: x for k, x in v.items() if k != "site_noise"})
+        except ValidationError as exc:
+            raise ValueError(describe_errors(exc, DPConfig, ("dp",))) from None
+        return v
+
+
+class ClientConfig(BaseModel):
+    """What a consumer (``fedquilt pull``, ``versions``) needs: ``[coordinator]`` and ``[tls]``; other tables ignored."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    coordinator: CoordinatorAddress = CoordinatorAddress()
+    tls: AgentTls
+
+
+def load_client_config(path: Path, environ: dict[str, str] | None = None) -> ClientConfig:
+    """A consumer's (or an agent's) config file, reading only ``[coordinator]`` and ``[tls]``."""
+    return _load(path, environ, ClientConfig)
+
 
 def load_agent_config(path: Path, environ: dict[str, str] | None = None) -> AgentConfig:
     """Read, override from ``FEDQUILT_<SECTION>__<FIELD>``, resolve relative paths, validate."""
+    return _load(path, environ, AgentConfig)
+
+
+_Schema = TypeVar("_Schema", bound=BaseModel)
+
+
+def _load(path: Path, environ: dict[str, str] | None, schema: type[_Schema]) -> _Schema:
     try:
         raw = tomllib.loads(path.read_text())
     except FileNotFoundError:
@@ -101,7 +149,8 @@ def load_agent_config(path: Path, environ: dict[str, str] | None = None) -> Agen
             if isinstance(table.get(k), str):
                 table[k] = str((base / table[k]).resolve())
     try:
-        return AgentConfig.model_validate(raw)
+        return schema.model_validate(raw)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        raise ValueError(f"{path}: {'.'.join(str(p) for p in first['loc'])}: {first['msg']}") from None
+        from ..config_errors import explain
+
+        raise ValueError(explain(path, exc, schema)) from None

@@ -31,8 +31,9 @@ from ..proto import tensors_pb2 as tpb
 from ..strategies.base import Broadcast, IndividualRule, LocalUpdate, RoundContext, Rule
 from ..strategies.registry import make_rule
 from .privacy_ledger import BudgetExhausted
+from .round_watch import RoundWatch
 from .rule_state import RuleStateFile
-from .trainer import TrainHyper, TrainResult, Trainer
+from .trainer import TrainHyper, TrainingStopped, TrainResult, Trainer
 
 log = logging.getLogger("fedquilt.agent")
 
@@ -145,7 +146,14 @@ class AgentLoop:
         hp = TrainHyper.model_validate(spec.train)
         log.info("round %d: training (rule %s, rank %d)", spec.round, spec.rule, plan.rank)
         try:
-            result: TrainResult = self.trainer.train(plan, self.data, hp, progress=self.progress)
+            with RoundWatch(self.transport, task.step) as stop:  # `admin stop` interrupts training (issue 13)
+                if hasattr(self.trainer, "stop_requested"):
+                    self.trainer.stop_requested = stop
+                result: TrainResult = self.trainer.train(plan, self.data, hp, progress=self.progress)
+        except TrainingStopped as exc:
+            log.warning("round %d: %s", spec.round, exc)
+            self.work = None
+            return
         except BudgetExhausted as exc:
             # No submit: the coordinator's training deadline moves the round on without this site.
             log.error("round %d: not taking part, %s; this site submits nothing and declines every later "

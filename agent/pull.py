@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +12,7 @@ import grpc
 from ..coordinator import manifest as manifests
 from ..proto import federation_pb2 as pb
 from ..proto import federation_pb2_grpc as pb_grpc
+from .pull_folder import check_target, write_folder
 
 MAX_FILE_BYTES = 8 * 1024**3
 
@@ -53,8 +51,26 @@ def _receive(stream: Any) -> tuple[str, dict[str, bytes]]:
     return version, {k: bytes(v) for k, v in files.items()}
 
 
-def pull(chan: grpc.Channel, model: str, ref: str, out_dir: Path, ca_pem: bytes) -> dict[str, Any]:
-    """Download, verify (hashes, signature against the CA), then write ``out_dir`` atomically."""
+def _checked_base(base: str | None, manifest: dict[str, Any]) -> str | None:
+    """``base`` as adapter_config.json should name it; a local folder must be the federation's base."""
+    if base is None:
+        return None
+    path = Path(base).expanduser()
+    if not path.is_dir():
+        return base  # a hub name: nothing local to check
+    from .basemodel import fingerprint
+
+    actual, pinned = fingerprint(path), str(manifest.get("base_fingerprint") or "")
+    if pinned and actual != pinned:
+        raise PullError(f"--base {path} has fingerprint {actual[:16]}…, but this version was trained on base "
+                        f"{pinned[:16]}…; give the federation's base model folder")
+    return str(path.resolve())
+
+
+def pull(chan: grpc.Channel, model: str, ref: str, out_dir: Path, ca_pem: bytes, *, force: bool = False,
+         base: str | None = None) -> dict[str, Any]:
+    """Download, verify (hashes, signature against the CA), then write ``out_dir`` (see ``write_folder``)."""
+    check_target(out_dir, model, force=force)  # before the download: a refused folder costs nothing
     stub = pb_grpc.ModelsStub(chan)  # type: ignore[no-untyped-call]  # generated, untyped
     version, files = _receive(stub.Pull(pb.PullRequest(model=model, version=ref), timeout=600))
     if "manifest.json" not in files:
@@ -64,16 +80,5 @@ def pull(chan: grpc.Channel, model: str, ref: str, out_dir: Path, ca_pem: bytes)
     manifests.check_files(manifest, files)
     if manifest.get("version") != version:
         raise PullError(f"manifest says version {manifest.get('version')!r}, stream says {version!r}")
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}."))
-    try:
-        for name, body in files.items():
-            (tmp / name).write_bytes(body)
-        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True))
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    write_folder(out_dir, model, files, manifest, force=force, base=_checked_base(base, manifest))
     return dict(manifest)

@@ -68,6 +68,10 @@ class TrainerError(ValueError):
     """A training plan or target list that does not fit the base model."""
 
 
+class TrainingStopped(Exception):
+    """The agent asked local training to stop (the coordinator closed the round, e.g. ``admin stop``)."""
+
+
 class TrainHyper(BaseModel):
     """Local training hyper-parameters; exactly one of ``local_steps`` / ``epochs`` is set."""
 
@@ -345,7 +349,12 @@ class LoraTrainer:
         collate: Any = getattr(data, "collate", None)
         return DataLoader(data, batch_size=batch_size, shuffle=shuffle, collate_fn=collate, generator=generator)
 
+    stop_requested: Any = None
+    """A ``threading.Event`` the agent sets when the round is closed; every batch checks it (issue 13)."""
+
     def _to_device(self, batch: Batch) -> Batch:
+        if self.stop_requested is not None and self.stop_requested.is_set():
+            raise TrainingStopped("the coordinator closed the round; local training stopped")
         return {k: v.to(self.placement.device, non_blocking=True) for k, v in batch.items()}
 
     def _dense_snapshot(self, model: torch.nn.Module) -> dict[str, torch.Tensor]:

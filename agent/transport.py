@@ -11,14 +11,17 @@ import grpc
 import numpy as np
 
 from ..proto import codec
+from .connection_diagnosis import HANDSHAKE_PROBLEMS, ConnectionProblem, Diagnosis, Problem
 from ..proto import federation_pb2 as pb
 from ..proto import federation_pb2_grpc as pb_grpc
 from ..proto import tensors_pb2 as tpb
 
 log = logging.getLogger("fedquilt.agent.transport")
 T = TypeVar("T")
-RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED}
-"""Only transient failures are retried; RESOURCE_EXHAUSTED means over a limit, and a retry would not fit either."""
+RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.RESOURCE_EXHAUSTED}
+"""Transient failures, retried with backoff. RESOURCE_EXHAUSTED (the coordinator is busy, or a message is over a
+limit) is retried only ``MAX_EXHAUSTED_RETRIES`` times: a message over a limit would not fit on a retry either."""
+MAX_EXHAUSTED_RETRIES = 5
 MAX_DOWNLOAD_BYTES = 4 * 1024**3
 
 
@@ -36,20 +39,29 @@ class Transport:
     """Every call the agent makes, retried while the coordinator is unreachable."""
 
     def __init__(self, chan: grpc.Channel, max_backoff: float = 30.0, sleep: Callable[[float], None] = time.sleep,
-                 give_up_after: float | None = None) -> None:
+                 give_up_after: float | None = None, diagnose: Callable[[], Diagnosis] | None = None,
+                 max_failed_handshakes: int | None = None) -> None:
         self.stub = pb_grpc.FederationStub(chan)  # type: ignore[no-untyped-call]  # generated, untyped
         self.max_backoff, self.sleep, self.give_up_after = max_backoff, sleep, give_up_after
+        self.diagnose, self.max_failed_handshakes = diagnose, max_failed_handshakes
+        """``diagnose`` classifies an UNAVAILABLE; after ``max_failed_handshakes`` TLS failures in a row the calls
+        raise ``ConnectionProblem`` (None: retry for ever)."""
+        self.poll_slack = 15.0
+        """A long poll's deadline is its ``wait_seconds`` plus this; passing it means "nothing yet"."""
+        self._told: set[str] = set()
+        self._failed_handshakes = 0
         self.on_reconnect: Callable[[], None] | None = None
         self.chunk_bytes = codec.CHUNK_BYTES
         """Upload chunk size; the coordinator says how much it accepts in its Hello reply."""
 
     def _retry(self, what: str, call: Callable[[], T]) -> T:
-        delay, started, failed = 0.5, time.monotonic(), False
+        delay, started, failed, exhausted = 0.5, time.monotonic(), False, 0
         while True:
             try:
                 result = call()
                 if failed and self.on_reconnect is not None:
                     self.on_reconnect()
+                self._failed_handshakes = 0
                 return result
             except grpc.RpcError as exc:
                 code = exc.code()
@@ -57,11 +69,33 @@ class Transport:
                     raise
                 if self.give_up_after is not None and time.monotonic() - started > self.give_up_after:
                     raise
-                failed = True
                 wait = min(self.max_backoff, delay) * (0.5 + random.random() / 2)
-                log.warning("%s: coordinator unreachable (%s); retrying in %.1fs", what, code.name, wait)
+                if code is grpc.StatusCode.RESOURCE_EXHAUSTED:
+                    exhausted += 1
+                    if exhausted > MAX_EXHAUSTED_RETRIES:
+                        raise
+                    log.warning("%s: coordinator over a limit (%s); retrying in %.1fs", what, exc.details(), wait)
+                else:
+                    failed = code is grpc.StatusCode.UNAVAILABLE or failed
+                    self._unreachable(what, code, wait)
                 self.sleep(wait)
                 delay *= 2
+
+    def _unreachable(self, what: str, code: grpc.StatusCode, wait: float) -> None:
+        """Say once, in plain words, why the coordinator cannot be reached; give up on a TLS mismatch."""
+        diagnosis = self.diagnose() if self.diagnose is not None and code is grpc.StatusCode.UNAVAILABLE else None
+        if diagnosis is None or diagnosis.problem is Problem.OK:
+            log.warning("%s: coordinator unreachable (%s); retrying in %.1fs", what, code.name, wait)
+            return
+        if diagnosis.message not in self._told:
+            self._told.add(diagnosis.message)
+            log.error("cannot connect to the coordinator: %s", diagnosis.message)
+        else:
+            log.debug("%s: still failing (%s); retrying in %.1fs", what, diagnosis.problem.value, wait)
+        if diagnosis.problem in HANDSHAKE_PROBLEMS:
+            self._failed_handshakes += 1
+            if self.max_failed_handshakes is not None and self._failed_handshakes >= self.max_failed_handshakes:
+                raise ConnectionProblem(diagnosis)
 
     def hello(self, req: pb.HelloRequest) -> pb.HelloReply:
         """Enrol with the coordinator."""
@@ -71,10 +105,18 @@ class Transport:
         return reply
 
     def wait(self, after_step: int, seconds: float = 20.0) -> pb.Task:
-        """Long-poll for the next step."""
-        task: pb.Task = self._retry("wait", lambda: self.stub.WaitForTask(
-            pb.WaitRequest(after_step=after_step, wait_seconds=seconds), timeout=seconds + 15))
-        return task
+        """Long-poll for the next step (a poll that outlives its deadline means "nothing yet": IDLE)."""
+        def poll() -> pb.Task:
+            try:
+                task: pb.Task = self.stub.WaitForTask(pb.WaitRequest(after_step=after_step, wait_seconds=seconds),
+                                                      timeout=seconds + self.poll_slack)
+            except grpc.RpcError as exc:
+                if exc.code() is not grpc.StatusCode.DEADLINE_EXCEEDED:
+                    raise
+                return pb.Task(step=after_step, kind=pb.IDLE)
+            return task
+
+        return self._retry("wait", poll)
 
     def download(self, what: int, round_id: str = "", phase: int = 0) -> bytes:
         """A whole chunked download, hash-checked."""

@@ -7,6 +7,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from .connection import connection_of
+
 
 def register(sub: Any) -> None:
     """Add ``admin`` and its actions."""
@@ -24,24 +26,30 @@ def register(sub: Any) -> None:
 
 
 def _stub(args: argparse.Namespace) -> Any:
-    from ..agent.transport import channel
     from ..proto import federation_pb2_grpc as pb_grpc
 
-    chan = channel(args.coordinator, args.ca.read_bytes(), args.cert.read_bytes(), args.key.read_bytes(), args.server_name)
-    return pb_grpc.AdminStub(chan)  # type: ignore[no-untyped-call]  # generated, untyped
+    return pb_grpc.AdminStub(connection_of(args).channel())  # type: ignore[no-untyped-call]  # generated, untyped
+
+
+def _plain(args: argparse.Namespace) -> Any:
+    """Failed admin RPCs as one sentence (an UNAVAILABLE is diagnosed), not a gRPC dump."""
+    return connection_of(args).plain_errors(f"admin {args.admin_command}", role="admin")
 
 
 def _status(args: argparse.Namespace) -> int:
     from ..proto import federation_pb2 as pb
 
-    print(json.dumps(json.loads(_stub(args).Status(pb.StatusRequest(), timeout=30).json), indent=2))
+    with _plain(args):
+        status = json.loads(_stub(args).Status(pb.StatusRequest(), timeout=30).json)
+    print(json.dumps(status, indent=2))
     return 0
 
 
 def _sites(args: argparse.Namespace) -> int:
     from ..proto import federation_pb2 as pb
 
-    sites = _stub(args).ListSites(pb.ListSitesRequest(), timeout=30).sites
+    with _plain(args):
+        sites = _stub(args).ListSites(pb.ListSitesRequest(), timeout=30).sites
     print(f"{'site':<24} {'online':<7} {'samples':>8} {'rank':>5}  last seen")
     for s in sites:
         print(f"{s.site_id:<24} {'yes' if s.online else 'no':<7} {s.num_samples:>8} {s.lora_rank:>5}  {s.last_seen}")
@@ -51,8 +59,12 @@ def _sites(args: argparse.Namespace) -> int:
 def _set(args: argparse.Namespace, running: bool) -> int:
     from ..proto import federation_pb2 as pb
 
-    status = json.loads(_stub(args).SetFederationState(pb.FederationStateRequest(running=running), timeout=30).json)
-    print(f"federation {status['federation']}: {'running' if status['running'] else 'paused'}")
+    with _plain(args):
+        status = json.loads(_stub(args).SetFederationState(pb.FederationStateRequest(running=running), timeout=30).json)
+    from .status import state_of
+
+    done = " (finished: every planned round is published)" if state_of(status) == "finished" else ""
+    print(f"federation {status['federation']}: {'running' if status['running'] else 'paused'}{done}")
     return 0
 
 

@@ -25,6 +25,15 @@ def register(sub: Any) -> None:
     run.add_argument("--config", required=True, type=Path, help="agent TOML file (see docs/agent.md)")
     run.add_argument("--no-progress", action="store_true", help="no progress bars (for logs and services)")
     run.set_defaults(func=_run)
+    check = agent_sub.add_parser(
+        "check", help="validate a config, certificates, model folder and data; print what run would do (trains nothing)",
+        description="Load the config strictly (an unknown key is refused, naming the keys allowed there), check the "
+                    "site certificate (issued by the CA, role site, not expired, matching its key), fingerprint the "
+                    "base model and look at the data files, then print what `agent run` would do. With --connect, "
+                    "also open one TLS connection to the coordinator and say why it fails, if it does.")
+    check.add_argument("--config", required=True, type=Path, help="agent TOML file (see docs/agent.md)")
+    check.add_argument("--connect", action="store_true", help="also test the TLS connection to the coordinator")
+    check.set_defaults(func=_check)
     p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
 
 
@@ -75,7 +84,14 @@ def _agent_loop(cfg: Any, trainer: Any, data: Any, eval_data: Any, privacy: Any,
     log.info("opening the coordinator channel to %s", cfg.coordinator.address)
     chan = channel(cfg.coordinator.address, cfg.tls.ca.read_bytes(), cfg.tls.cert.read_bytes(), cfg.tls.key.read_bytes(),
                    cfg.coordinator.server_name)
-    transport = Transport(chan, max_backoff=cfg.coordinator.max_backoff)
+    from ..agent.connection_diagnosis import diagnose
+
+    def _diagnose() -> Any:
+        return diagnose(cfg.coordinator.address, cfg.tls.ca, cfg.tls.cert, cfg.tls.key, cfg.coordinator.server_name,
+                        role="site")
+
+    transport = Transport(chan, max_backoff=cfg.coordinator.max_backoff, diagnose=_diagnose,
+                          max_failed_handshakes=cfg.coordinator.max_failed_handshakes)
     hello = hello_request(trainer, fingerprint(cfg.model.dir), data.n, cfg.model.rank, cfg.model.alpha, cfg.model.task,
                           __version__)
     from ..agent.secure_sum import SecureSumClient
@@ -112,6 +128,45 @@ def _build_distributed(cfg: Any, ranks: Any, progress: bool) -> Any:
     return Leader(_agent_loop(cfg, leader, data, eval_data, None, progress), leader)
 
 
+EXIT_CANNOT_CONNECT = 3
+"""Exit code of ``agent run`` when the coordinator refuses this site or the TLS identities do not fit."""
+
+
 def _run(args: argparse.Namespace) -> int:
+    import grpc
+
+    from ..agent.connection_diagnosis import ConnectionProblem
+
+    from ..agent.config import load_agent_config
+    from .preflight import PreflightError, check_tls
+
+    cfg = load_agent_config(args.config)
+    try:
+        check_tls(cfg.tls.ca, cfg.tls.cert, cfg.tls.key, "site")
+    except PreflightError as exc:
+        log.error("cannot start: %s", exc)
+        return EXIT_CANNOT_CONNECT
     loop = build_loop(args.config, progress=not args.no_progress)
-    return int(loop.run())
+    try:
+        return int(loop.run())
+    except ConnectionProblem as exc:
+        log.error("giving up: %s", exc)
+        return EXIT_CANNOT_CONNECT
+    except grpc.RpcError as exc:
+        if exc.code() in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED,
+                          grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.INVALID_ARGUMENT):
+            log.error("the coordinator refused this site: %s", exc.details())
+            return EXIT_CANNOT_CONNECT
+        raise
+
+
+def _check(args: argparse.Namespace) -> int:
+    from ..agent.config import load_agent_config
+    from .preflight import agent_checks
+
+    cfg = load_agent_config(args.config)
+    print(f"config {args.config}: valid")
+    for line in agent_checks(cfg, connect=args.connect):
+        print(line)
+    print("ok: `fedquilt agent run` would start")
+    return 0

@@ -41,6 +41,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     )
     _ca_dir(issue)
     _leaf_args(issue, role_required=True)
+    issue.add_argument("--force", action="store_true",
+                       help="issue although NAME already has a valid certificate (both stay valid; prefer `rotate`)")
     issue.set_defaults(func=_issue)
 
     revoke = cmds.add_parser(
@@ -103,12 +105,25 @@ def _print_help(parser: argparse.ArgumentParser) -> int:
 
 
 def _init(args: argparse.Namespace) -> int:
+    if not args.force:
+        for existing in (args.ca_dir / pki.CA_CERT, args.ca_dir / pki.CA_KEY):
+            if existing.exists():
+                raise FileExistsError(f"a CA already exists at {existing}; pass --force to replace it (every "
+                                      "certificate it issued stops working)")
     paths = pki.init_ca(args.ca_dir, args.name, args.days, force=args.force)
     print(f"CA created: {paths.cert} (key {paths.key}, mode 0600; keep it offline)")
     return 0
 
 
 def _issue(args: argparse.Namespace) -> int:
+    revoked = pki.revoked_serials(args.ca_dir) if (args.ca_dir / pki.CA_CERT).exists() else {}
+    now = dt.datetime.now(dt.timezone.utc)
+    current = [c for c in pki.issued(args.ca_dir) if c.name == args.name and c.serial not in revoked
+               and c.not_after > now] if (args.ca_dir / pki.INDEX_FILE).exists() else []
+    if current and not args.force:
+        raise FileExistsError(f"{args.name!r} already has a valid {current[-1].role.value} certificate (serial "
+                              f"{current[-1].serial:#x}, until {current[-1].not_after:%Y-%m-%d}); use `fedquilt certs "
+                              f"rotate --name {args.name}` to replace it, or --force to issue a second one")
     paths = pki.issue(args.ca_dir, args.out, args.name, pki.Role(args.role), args.days, args.host)
     print(f"issued {args.name} ({args.role}): {paths.cert}, key {paths.key}, CA {paths.ca}")
     return 0

@@ -20,5 +20,9 @@ def register(sub: Any) -> None:
 def _fingerprint(args: argparse.Namespace) -> int:
     from ..agent.basemodel import fingerprint
 
+    if not args.model_dir.exists():
+        raise FileNotFoundError(f"{args.model_dir} does not exist (give a local Hugging Face model folder)")
+    if not args.model_dir.is_dir():
+        raise NotADirectoryError(f"{args.model_dir} is not a folder (give a local Hugging Face model folder)")
     print(fingerprint(args.model_dir))
     return 0

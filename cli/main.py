@@ -9,7 +9,8 @@ import sys
 from typing import Sequence
 
 # Subcommand modules, each exposing ``register(subparsers) -> None`` that sets ``func`` on its parser.
-_COMMANDS = ("certs", "coordinator", "agent", "pull", "merge", "demo", "admin", "fingerprint")
+_COMMANDS = ("certs", "coordinator", "agent", "pull", "merge", "demo", "admin", "fingerprint",
+             "versions", "status")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -39,6 +39,12 @@ class ServerConfig(_Strict):
     max_upload_bytes: int = Field(2 * 1024**3, ge=1024)
     long_poll_seconds: float = Field(20.0, gt=0)
 
+    # -- strict addresses (issue 13): "7451" or "host:port:x" is refused here, not at bind --
+    @field_validator("listen", "metrics_listen")
+    @classmethod
+    def _address(cls, v: str | None) -> str | None:
+        return None if v is None else check_address(v)
+
 
 class SecAggConfig(_Strict):
     """Secure aggregation (on by default for every sums-only rule)."""
@@ -74,12 +80,25 @@ class FederationConfig(_Strict):
     cohort_size: int | None = None
     """Sites sampled per round (default: every online site)."""
     train: dict[str, Any] = Field(default_factory=dict)
-    """Hyper-parameters sent to the agents (see agent TrainHyper)."""
+    """Hyper-parameters sent to the agents, checked here against the agent's ``TrainHyper`` (docs/coordinator.md)."""
     train_timeout: float = Field(600.0, gt=0)
     stage_timeout: float = Field(120.0, gt=0)
     wait_for_sites: float = Field(60.0, gt=0)
     """How long a round waits for ``min_sites`` before it opens with who is there."""
     seed: int | None = None
+
+    # -- typed [federation.train] (issue 13): a typo is refused at start, not by every agent mid-round --
+    @field_validator("train")
+    @classmethod
+    def _train(cls, v: dict[str, Any]) -> dict[str, Any]:
+        from ..agent.trainer import TrainHyper
+        from ..config_errors import describe_errors
+
+        try:
+            TrainHyper.model_validate(v)
+        except ValidationError as exc:
+            raise ValueError(describe_errors(exc, TrainHyper, ("federation", "train"))) from None
+        return v
 
     @field_validator("model", "name")
     @classmethod
@@ -109,6 +128,14 @@ class CoordinatorConfig(_Strict):
         return self
 
 
+def check_address(v: str) -> str:
+    """``HOST:PORT`` (IPv6 as ``[::1]:PORT``) with a port in 0..65535, else a ValueError saying so."""
+    from ..address import parse_address
+
+    parse_address(v)
+    return v
+
+
 def _overrides(environ: dict[str, str]) -> dict[str, dict[str, str]]:
     out: dict[str, dict[str, str]] = {}
     for key, value in environ.items():
@@ -134,9 +161,13 @@ def load_config(path: Path, environ: dict[str, str] | None = None) -> Coordinato
         for k in keys:
             if isinstance(table.get(k), str):
                 table[k] = str((base / table[k]).resolve())
+    if isinstance(raw.get("federation"), dict) and not raw["federation"].get("train"):  # issue 13: no silent default
+        raise ValueError(f"{path}: federation.train is missing: set the agents' local training, at least local_steps "
+                         "(or epochs), e.g. train = {{ local_steps = 50, batch_size = 8, lr = 3e-4, eval_batches = 4 }} "
+                         "(docs/coordinator.md lists every key)")
     try:
         return CoordinatorConfig.model_validate(raw)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
-        raise ValueError(f"{path}: {where}: {first['msg']}") from None
+        from ..config_errors import explain
+
+        raise ValueError(explain(path, exc, CoordinatorConfig)) from None

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from enum import Enum
 from typing import Any, Callable, Final, Iterable, Mapping
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
@@ -40,7 +41,7 @@ class Direction(Enum):
 class Metrics:
     """Counters, histograms and status gauges of one coordinator (a ``RoundObserver``)."""
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         reg, ns = self.registry, NAMESPACE
         self.rounds_opened = Counter("rounds_opened", "Rounds opened with a cohort.", namespace=ns, registry=reg)
@@ -50,10 +51,10 @@ class Metrics:
                                         registry=reg)
         self.dropouts = Counter("dropouts", "Cohort sites that did not contribute to a published round.",
                                 namespace=ns, registry=reg)
-        self.bytes_received = Counter("bytes_received", "Payload bytes received from sites.", namespace=ns,
+        self.bytes_received = Counter("received_bytes", "Payload bytes received from sites.", namespace=ns,
                                       registry=reg)
-        self.bytes_sent = Counter("bytes_sent", "Payload bytes sent to sites and consumers.", namespace=ns,
-                                  registry=reg)
+        self.bytes_sent = Counter("sent_bytes", "Payload bytes sent to sites (downloads) and consumers (pulls).",
+                                  namespace=ns, registry=reg)
         self.clipped_values = Counter("clipped_values", "Submitted values clipped to the declared SecAgg range.",
                                       namespace=ns, registry=reg)
         self.rpc_errors = Counter("rpc_errors", "gRPC calls refused, by method and status code.",
@@ -62,6 +63,12 @@ class Metrics:
                                        namespace=ns, registry=reg, buckets=ROUND_BUCKETS)
         self.stage_seconds = Histogram("stage_seconds", "Wall time of one stage of a round.", ["stage"],
                                        namespace=ns, registry=reg, buckets=STAGE_BUCKETS)
+        self.last_publish = Gauge("last_publish_timestamp_seconds", "Unix time of the newest published version.",
+                                  namespace=ns, registry=reg)
+        build = Gauge("build_info", "The coordinator's fedquilt version (value 1).", ["version"], namespace=ns,
+                      registry=reg)
+        build.labels(version=_version()).set(1)
+        self.clock = clock
         self._status_fn: StatusFn | None = None
         reg.register(_StatusCollector(self))
 
@@ -73,7 +80,12 @@ class Metrics:
             self.rounds_opened.inc()
         elif event == "round_published":
             self.rounds_published.inc()
+            self.last_publish.set(self.clock())
             self._count_published(facts)
+        elif event == "stage_finished":
+            seconds = facts.get("seconds")
+            if isinstance(seconds, (int, float)) and math.isfinite(seconds) and seconds >= 0:
+                self.observe_stage(str(facts.get("stage") or "unknown"), float(seconds))
         elif event == "round_discarded":
             self.rounds_discarded.inc()
         else:  # an observer must never break the round driver; a new event is just not counted yet
@@ -161,10 +173,30 @@ def _status_gauges(status: Mapping[str, Any]) -> Iterable[Metric]:
         "current_round": ("Number of the round in flight (0 when none).", current["round"] if current else 0),
         "rounds_done": ("Rounds published so far.", status.get("rounds_done") or 0),
         "rounds_planned": ("Rounds the federation plans.", status.get("rounds_planned") or 0),
-        "running": ("1 while the federation runs, 0 while paused.", 1 if status.get("running") else 0),
+        "running": ("1 while the federation runs rounds, 0 while paused or finished.",
+                    1 if status.get("running") and status.get("state") != "finished" else 0),
+        "finished": ("1 once every planned round is published.", 1 if status.get("state") == "finished" else 0),
     }
     for name, (doc, value) in values.items():
         yield GaugeMetricFamily(f"{NAMESPACE}_{name}", doc, value=float(value))
+    state = GaugeMetricFamily(f"{NAMESPACE}_federation_state", "1 for the federation's state (running, paused, "
+                              "finished).", labels=["state"])
+    for name in ("running", "paused", "finished"):
+        state.add_metric([name], 1.0 if status.get("state") == name else 0.0)
+    yield state
+    seen = GaugeMetricFamily(f"{NAMESPACE}_site_last_seen_seconds", "Seconds since each enrolled site last called.",
+                             labels=["site"])
+    for s in sites:
+        ago = s.get("last_seen_seconds_ago")
+        if isinstance(ago, (int, float)):
+            seen.add_metric([str(s.get("site"))], float(ago))
+    yield seen
+
+
+def _version() -> str:
+    from .. import __version__
+
+    return str(__version__)
 
 
 def _direction(direction: Direction | str) -> Direction:

@@ -62,6 +62,8 @@ class SiteRecord:
     alpha: float
     last_seen: float
     assignment: Assignment = field(default_factory=lambda: Assignment(step=0, kind=Step.IDLE))
+    left: bool = False
+    """The site took its SHUTDOWN (its agent exits): shown offline at once, not after the online window."""
 
 
 @dataclass
@@ -81,6 +83,10 @@ class RoundRecord:
     """Encoded broadcast sent to sites before each phase (the coordinator keeps the decoded one too)."""
     broadcast_objs: dict[int, Broadcast] = field(default_factory=dict)
     started: float = 0.0
+    stage_started: float = 0.0
+    """When the current stage (training, or the current phase) began; for ``stage_finished`` events."""
+    deadline_utc: str = ""
+    """``deadline`` as UTC wall time, fixed when the stage starts (for the status page)."""
 
 
 class Publisher(Protocol):
@@ -137,6 +143,10 @@ class Orchestrator:
         self._rng = random.Random(fed.seed)
         self._waiting_since: float | None = None
         self._encoded_glob = encode_aggregate(glob)
+        self._said_finished = False
+        if global_version is not None:
+            log.info("resuming federation %s after %s (round %d of %d published)", fed.name, global_version,
+                     rounds_done, fed.rounds, extra={"version": global_version})
 
     # ---- site-facing API (called from RPC handlers) ------------------------------------------
 
@@ -144,17 +154,18 @@ class Orchestrator:
               shapes: Mapping[str, tuple[int, int]]) -> int:
         """Enrol (or re-enrol) a site; returns its newest step number so it can resume."""
         if fingerprint != self.fed.base_fingerprint:
-            raise Mismatch(f"base model fingerprint {fingerprint[:16]}… does not match the federation's "
+            raise Mismatch(f"{site}: base model fingerprint {fingerprint[:16]}… does not match the federation's "
                            f"{self.fed.base_fingerprint[:16]}…")
         if task != self.fed.task:
-            raise Mismatch(f"site task {task!r} does not match the federation's {self.fed.task!r}")
+            raise Mismatch(f"{site}: site task {task!r} does not match the federation's {self.fed.task!r}")
         if num_samples <= 0 or rank <= 0 or not np.isfinite(alpha) or alpha <= 0:
-            raise InvalidRequest(f"num_samples, lora_rank and lora_alpha must be > 0 (got {num_samples}, {rank}, {alpha})")
+            raise InvalidRequest(f"{site}: num_samples, lora_rank and lora_alpha must be > 0 (got {num_samples}, {rank}, "
+                                 f"{alpha})")
         with self._cond:
             if self.shapes is None:
                 self.shapes = dict(shapes)
             elif dict(shapes) != self.shapes:
-                raise Mismatch("the site's target modules or shapes differ from the federation's")
+                raise Mismatch(f"{site}: the site's target modules or shapes differ from the federation's")
             old = self.sites.get(site)
             record = SiteRecord(site, num_samples, rank, alpha, self.clock())
             if old is not None:
@@ -177,6 +188,7 @@ class Orchestrator:
                 self._cond.wait(min(left, 1.0))
                 record = self._site(site)
             record.last_seen = self.clock()
+            record.left = record.assignment.kind is Step.SHUTDOWN
             return record.assignment
 
     def global_payload(self, site: SiteId) -> bytes:
@@ -257,15 +269,18 @@ class Orchestrator:
                 "rule": self.fed.rule,
                 "secure_aggregation": self.secure,
                 "running": self.running,
+                "state": "finished" if self.rounds_done >= self.fed.rounds else "running" if self.running else "paused",
                 "rounds_done": self.rounds_done,
                 "rounds_planned": self.fed.rounds,
                 "global_version": self.global_version,
                 "current_round": None if rnd is None else {
                     "round": rnd.number, "id": rnd.spec.round_id, "stage": rnd.stage.value, "phase": rnd.phase,
                     "cohort": sorted(rnd.cohort), "participants": sorted(rnd.participants),
+                    **_progress(rnd),
                 },
                 "sites": sorted([
-                    {"site": s.site, "online": now - s.last_seen < self.online_window, "num_samples": s.num_samples,
+                    {"site": s.site, "online": now - s.last_seen < self.online_window and not s.left,
+                     "num_samples": s.num_samples,
                      "rank": s.rank, "last_seen_seconds_ago": round(now - s.last_seen, 1)}
                     for s in self.sites.values()
                 ] + [{**s, "online": False, "last_seen_seconds_ago": round(now - seen, 1)}
@@ -300,11 +315,16 @@ class Orchestrator:
         if not self.running or self.rounds_done >= self.fed.rounds:
             if self.rounds_done >= self.fed.rounds:
                 self._assign_all(Step.SHUTDOWN, message="the federation finished its planned rounds")
+                if not self._said_finished:
+                    self._said_finished = True
+                    log.info("federation %s finished: %d of %d rounds published, latest version %s", self.fed.name,
+                             self.rounds_done, self.fed.rounds, self.global_version,
+                             extra={"version": self.global_version})
             return
         online = sorted(s for s, r in self.sites.items() if now - r.last_seen < self.online_window)
         if len(online) < self.fed.min_sites:
             return
-        wanted = self.fed.cohort_size or len(self.sites)
+        wanted = self.fed.cohort_size or len(set(self.sites) | set(self.known_sites))  # enrolled before a restart too
         if len(online) < wanted:
             self._waiting_since = self._waiting_since or now
             if now - self._waiting_since < self.fed.wait_for_sites:
@@ -322,12 +342,13 @@ class Orchestrator:
             secagg=self._secagg_spec(cohort) if self.secure else None,
         )
         rnd = RoundRecord(number=number, spec=spec, cohort=cohort, participants=set(cohort), stage=RoundStage.TRAINING,
-                          deadline=now + self.fed.train_timeout, started=now)
+                          deadline=now + self.fed.train_timeout, started=now,
+                          deadline_utc=_utc_now(self.fed.train_timeout))
         self.current = rnd
         spec_json = encode_spec(spec)
         for site in cohort:
             self._assign(site, Step.TRAIN, rnd, spec_json=spec_json)
-        log.info("round %d opened with %d sites (%s)", number, len(cohort), spec.round_id, extra={"round": number})
+        log.info("round %d opened with %s (%s)", number, _sites(len(cohort)), spec.round_id, extra={"round": number})
         self._event("round_opened", round=number, cohort=len(cohort), round_id=spec.round_id)
 
     def _secagg_spec(self, cohort: set[SiteId]) -> dict[str, Any]:
@@ -359,18 +380,20 @@ class Orchestrator:
         return min(2, self.fed.min_sites)
 
     def _end_training(self, rnd: RoundRecord, now: float) -> None:
+        self._event("stage_finished", stage="training", seconds=now - rnd.started, round=rnd.number)
         rnd.participants = set(rnd.trained)
         missing = rnd.cohort - rnd.participants
         if missing:
             log.warning("round %d: %s did not finish training in time", rnd.number, sorted(missing))
         if len(rnd.participants) < self._min_participants(rnd):
-            self._discard(rnd, f"only {len(rnd.participants)} sites finished training, need {self._min_participants(rnd)}")
+            self._discard(rnd, f"only {_sites(len(rnd.participants))} finished training, need {self._min_participants(rnd)}")
             return
         self._start_phase(rnd, 0, now)
 
     def _start_phase(self, rnd: RoundRecord, phase: int, now: float) -> None:
         rnd.stage, rnd.phase = RoundStage.PHASE, phase
-        rnd.deadline = now + self.fed.stage_timeout
+        rnd.deadline, rnd.stage_started = now + self.fed.stage_timeout, now
+        rnd.deadline_utc = _utc_now(self.fed.stage_timeout)
         spec_json = encode_spec(rnd.spec)
         if self.secure:
             assert self.secure_sum_factory is not None
@@ -403,8 +426,9 @@ class Orchestrator:
         self._finish_phase(rnd, contributors, now)
 
     def _finish_phase(self, rnd: RoundRecord, contributors: set[SiteId], now: float) -> None:
+        self._event("stage_finished", stage=f"phase{rnd.phase}", seconds=now - rnd.stage_started, round=rnd.number)
         if len(contributors) < self._min_participants(rnd):
-            self._discard(rnd, f"phase {rnd.phase}: {len(contributors)} sites contributed, need {self._min_participants(rnd)}")
+            self._discard(rnd, f"phase {rnd.phase}: {_sites(len(contributors))} contributed, need {self._min_participants(rnd)}")
             return
         if rnd.phase > 0 and contributors != rnd.participants:
             self._discard(rnd, f"phase {rnd.phase}: participants changed between secure sums; "
@@ -439,6 +463,7 @@ class Orchestrator:
         facts = {
             "base_fingerprint": self.fed.base_fingerprint, "rule": self.fed.rule, "round_id": rnd.spec.round_id,
             "contributors": len(rnd.participants), "cohort": len(rnd.cohort),
+            "samples": sum(self.sites[s].num_samples for s in rnd.participants if s in self.sites),
             "dropouts": len(rnd.cohort) - len(rnd.participants),
             "secure_aggregation": collector.manifest_facts() if not isinstance(collector, PlainCollector) else None,
             "privacy": {s: rnd.trained[s].get("dp") for s in sorted(rnd.participants) if rnd.trained[s].get("dp")},
@@ -458,9 +483,12 @@ class Orchestrator:
             "eval_loss": _mean(m.get("eval_loss") for m in metrics.values()),
         }
         self.history.append(entry)
+        published_facts = {"round_id": rnd.spec.round_id, "published_at": _utc_now(),
+                           "epsilon": _epsilon(facts)}  # added after the event below (which names round_id itself)
         log.info("round %d published as %s (%d contributors)", rnd.number, version, len(rnd.participants),
                  extra={"round": rnd.number, "version": version})
         self._event("round_published", round_id=rnd.spec.round_id, **entry)
+        entry.update(published_facts)
         self._close(rnd, f"published {version}")
 
     def _discard(self, rnd: RoundRecord, why: str) -> None:
@@ -516,6 +544,49 @@ class Orchestrator:
     def _event(self, event: str, **facts: Any) -> None:
         if self.observer is not None:
             self.observer.round_event(event, **facts)
+
+
+def _progress(rnd: RoundRecord) -> dict[str, Any]:
+    """Per-site progress, the stage's deadline and the secure sum's sub-step, for the status page."""
+    collector = rnd.collector
+    done: set[Any] = set()
+    substep = None
+    if rnd.stage is RoundStage.PHASE and collector is not None:
+        if isinstance(collector, PlainCollector):
+            done = set(collector.received)
+        else:
+            done = set(getattr(collector, "heard", ()))
+            stage = getattr(collector, "stage", None)
+            substep = str(getattr(stage, "value", "")).removeprefix("SECAGG_").lower() or None
+    sites = {}
+    for site in sorted(rnd.cohort):
+        if rnd.stage is RoundStage.TRAINING:
+            sites[site] = "trained" if site in rnd.trained else "training"
+        elif site not in rnd.participants:
+            sites[site] = "dropped"
+        else:
+            sites[site] = "sent" if site in done else "waiting"
+    return {"progress": sites, "deadline_utc": rnd.deadline_utc, "secure_sum_step": substep}
+
+
+def _utc_now(later_seconds: float = 0.0) -> str:
+    from datetime import datetime, timedelta, timezone
+
+    return (datetime.now(timezone.utc) + timedelta(seconds=later_seconds)).isoformat(timespec="seconds")
+
+
+def _epsilon(facts: Mapping[str, Any]) -> float | None:
+    """The largest ε a version's manifest reports (site-level, or the worst site's record-level DP)."""
+    values = [float(p["epsilon"]) for p in (facts.get("privacy") or {}).values()
+              if isinstance(p, Mapping) and isinstance(p.get("epsilon"), (int, float))]
+    site_level = facts.get("site_level_privacy") or {}
+    if isinstance(site_level.get("epsilon"), (int, float)):
+        values.append(float(site_level["epsilon"]))
+    return round(max(values), 4) if values else None
+
+
+def _sites(n: int) -> str:
+    return f"{n} site" if n == 1 else f"{n} sites"
 
 
 def _mean(values: Any) -> float | None:

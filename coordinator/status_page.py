@@ -66,7 +66,11 @@ def start_http(listen: str, metrics: Metrics, status_fn: StatusFn) -> tuple[Stat
     """Serve /metrics, /status, /status.json and /healthz on ``listen`` ("host:port", port 0 = any)."""
     host, port = parse_listen(listen)
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    server = StatusServer((host, port), family, metrics, status_fn)
+    try:
+        server = StatusServer((host, port), family, metrics, status_fn)
+    except OSError as exc:
+        raise OSError(exc.errno, f"cannot serve metrics and the status page on {listen} (server.metrics_listen): "
+                                 f"{exc.strerror}") from None
     server.thread = threading.Thread(target=server.serve_forever, args=(0.1,), name="status-http", daemon=True)
     server.thread.start()
     bound = int(server.server_address[1])
@@ -77,10 +81,12 @@ def start_http(listen: str, metrics: Metrics, status_fn: StatusFn) -> tuple[Stat
 
 def parse_listen(listen: str) -> tuple[str, int]:
     """Split "host:port" or "[v6]:port" into (host, port)."""
-    host, sep, port_text = listen.rpartition(":")
-    if not sep or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
-        raise ValueError(f"metrics_listen must be 'host:port' with a port in 0..65535, got {listen!r}")
-    return host.strip("[]"), int(port_text)
+    from ..address import parse_address
+
+    try:
+        return parse_address(listen)
+    except ValueError as exc:
+        raise ValueError(f"metrics_listen {exc}") from None
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -148,19 +154,33 @@ def render_html(status: Mapping[str, Any]) -> str:
         ("rule", _e(status.get("rule"))),
         ("secure aggregation", '<span class="on">on</span>' if secure
          else '<span class="off">OFF</span> (the coordinator sees every site&#x27;s update)'),
-        ("state", "running" if status.get("running") else "paused"),
+        ("state", _state(status)),
         ("rounds", f"{_e(status.get('rounds_done'))} done of {_e(status.get('rounds_planned'))} planned"),
         ("global version", _e(status.get("global_version"))),
         ("current round", _current(status.get("current_round"))),
     ]
+    progress = _progress_table(status.get("current_round"))
     return (
         f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><meta http-equiv="refresh" content="10">'
         f"<title>{title}</title><style>{_STYLE}</style></head><body>\n<h1>{title}</h1>\n"
         + '<table class="facts">' + "".join(f"<tr><th>{k}</th><td>{v}</td></tr>" for k, v in facts) + "</table>\n"
+        + (f"<h2>Current round</h2>\n{progress}\n" if progress else "")
         + "<h2>Loss per round</h2>\n" + render_plot(history) + "\n"
-        + "<h2>Sites</h2>\n" + _sites_table(status.get("sites") or []) + "\n"
-        + "<h2>Versions</h2>\n" + _versions_table(history) + "\n</body></html>\n"
+        + "<h2>Sites</h2>\n" + _wide(_sites_table(status.get("sites") or [])) + "\n"
+        + "<h2>Versions</h2>\n" + _wide(_versions_table(history)) + "\n</body></html>\n"
     )
+
+
+def _state(status: Mapping[str, Any]) -> str:
+    state = status.get("state") or ("running" if status.get("running") else "paused")
+    if state == "finished":
+        return '<span class="done" id="state">finished</span> (every planned round is published)'
+    return f'<span id="state">{_e(state)}</span>'
+
+
+def _wide(table: str) -> str:
+    """A table that scrolls sideways on a narrow screen instead of widening the page."""
+    return f'<div class="wide">{table}</div>'
 
 
 def _current(rnd: Mapping[str, Any] | None) -> str:
@@ -169,8 +189,29 @@ def _current(rnd: Mapping[str, Any] | None) -> str:
     stage = _e(rnd.get("stage"))
     if rnd.get("stage") == "phase":
         stage += f" {_e(rnd.get('phase'))}"
+        if rnd.get("secure_sum_step"):
+            stage += f" · secure sum: {_e(rnd.get('secure_sum_step'))}"
+    deadline = f", deadline {_e(_clock(rnd.get('deadline_utc')))} UTC" if rnd.get("deadline_utc") else ""
     return (f"round {_e(rnd.get('round'))} (<code>{_e(rnd.get('id'))}</code>): <b>{stage}</b>, "
-            f"{len(rnd.get('participants') or [])} of {len(rnd.get('cohort') or [])} cohort sites participating")
+            f"{len(rnd.get('participants') or [])} of {len(rnd.get('cohort') or [])} cohort sites participating"
+            f"{deadline}")
+
+
+def _clock(iso: Any) -> str:
+    """``2026-12-01T20:04:17+00:00`` -> ``2026-12-01 20:04:17``."""
+    return str(iso or "")[:19].replace("T", " ")
+
+
+_PROGRESS_CLASS: Final = {"trained": "on", "sent": "on", "training": "", "waiting": "", "dropped": "off"}
+
+
+def _progress_table(rnd: Mapping[str, Any] | None) -> str:
+    progress = (rnd or {}).get("progress") or {}
+    if not progress:
+        return ""
+    rows = "".join(f'<tr class="progress"><td>{_e(site)}</td><td class="{_PROGRESS_CLASS.get(str(state), "")}">'
+                   f"{_e(state)}</td></tr>" for site, state in sorted(progress.items()))
+    return f'<table id="progress"><tr><th>cohort site</th><th>this stage</th></tr>{rows}</table>'
 
 
 def _sites_table(sites: Sequence[Mapping[str, Any]]) -> str:
@@ -193,13 +234,15 @@ def _versions_table(history: Sequence[Mapping[str, Any]]) -> str:
     for h in reversed(history):
         if h.get("version") is None:
             rows.append(f'<tr class="discarded"><td class="num">{_e(h.get("round"))}</td>'
-                        f'<td colspan="7">discarded: {_e(h.get("discarded"))}</td></tr>')
+                        f'<td colspan="10">discarded: {_e(h.get("discarded"))}</td></tr>')
             continue
-        cells = [h.get(k) for k in ("contributors", "dropouts", "seconds", "loss_before", "loss_after", "eval_loss")]
+        cells = [h.get(k) for k in ("contributors", "dropouts", "seconds", "loss_before", "loss_after", "eval_loss",
+                                    "epsilon")]
         rows.append(f'<tr class="version"><td class="num">{_e(h.get("round"))}</td><td>{_e(h.get("version"))}</td>'
+                    f'<td>{_e(_clock(h.get("published_at")) or None)}</td><td><code>{_e(h.get("round_id"))}</code></td>'
                     + "".join(f'<td class="num">{_e(c)}</td>' for c in cells) + "</tr>")
-    head = "".join(f"<th>{t}</th>" for t in ("round", "version", "contributors", "dropouts", "seconds",
-                                               "loss before", "loss after", "eval loss"))
+    head = "".join(f"<th>{t}</th>" for t in ("round", "version", "published (UTC)", "round id", "contributors",
+                                               "dropouts", "seconds", "loss before", "loss after", "eval loss", "ε"))
     return f'<table id="versions"><tr>{head}</tr>' + "".join(rows) + "</table>"
 
 
@@ -220,8 +263,8 @@ def render_plot(history: Sequence[Mapping[str, Any]]) -> str:
     def sy(y: float) -> float:
         return _H - _BOTTOM - (y - y0) / (y1 - y0) * (_H - _TOP - _BOTTOM)
 
-    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{_W}" height="{_H}" viewBox="0 0 {_W} {_H}" '
-           'role="img" aria-label="loss per round">',
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="100%" viewBox="0 0 {_W} {_H}" '
+           f'style="max-width:{_W}px;height:auto" role="img" aria-label="loss per round">',
            f'<rect x="{_LEFT}" y="{_TOP}" width="{_W - _LEFT - _RIGHT}" height="{_H - _TOP - _BOTTOM}" '
            'fill="#fafafa" stroke="#999"/>']
     for i in range(5):
@@ -232,6 +275,9 @@ def render_plot(history: Sequence[Mapping[str, Any]]) -> str:
         if r == int(r):
             out.append(f'<text x="{sx(r):.1f}" y="{_H - _BOTTOM + 16}" text-anchor="middle">{int(r)}</text>')
     out.append(f'<text x="{(_LEFT + _W - _RIGHT) / 2}" y="{_H - 6}" text-anchor="middle">round</text>')
+    mid = (_TOP + _H - _BOTTOM) / 2
+    out.append(f'<text class="ylabel" x="14" y="{mid:.1f}" text-anchor="middle" transform="rotate(-90 14 {mid:.1f})">'
+               "mean cross-entropy loss</text>")
     for h in history:
         if h.get("version") is None and _finite_number(h.get("round")):
             x = sx(float(h["round"]))
@@ -291,5 +337,7 @@ _STYLE: Final = (
     "table{border-collapse:collapse}th,td{padding:3px 10px;border-bottom:1px solid #ddd;text-align:left}"
     ".facts th{color:#555;font-weight:normal}td.num{text-align:right;font-variant-numeric:tabular-nums}"
     ".on{color:#17803d;font-weight:bold}.off{color:#c00;font-weight:bold}tr.discarded td{color:#a00}"
-    "svg text{font-size:11px;fill:#444}"
+    "svg text{font-size:11px;fill:#444}.done{color:#1f4fa0;font-weight:bold}"
+    ".wide{overflow-x:auto;max-width:100%}.wide td{white-space:nowrap}"
+    "@media (max-width:700px){body{margin:10px;font-size:13px}th,td{padding:2px 6px}}"
 )

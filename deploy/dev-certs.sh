@@ -57,7 +57,8 @@ issue() {
         echo "$name: kept $out/$name/$name.pem"
         return
     fi
-    "${fq[@]}" certs issue --dir "$ca" --out "$out/$name" --name "$name" --role "$role" "$@"
+    # --force: the files are gone but the CA may still list NAME; issue it again (certs issue refuses otherwise)
+    "${fq[@]}" certs issue --dir "$ca" --out "$out/$name" --name "$name" --role "$role" --force "$@"
 }
 
 host_args=()

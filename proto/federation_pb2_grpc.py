@@ -3,8 +3,8 @@
 import grpc
 import warnings
 
-from fedquilt.proto import federation_pb2 as fedquilt_dot_proto_dot_federation__pb2
-from fedquilt.proto import tensors_pb2 as fedquilt_dot_proto_dot_tensors__pb2
+from . import federation_pb2 as federation__pb2
+from . import tensors_pb2 as tensors__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -19,7 +19,7 @@ except ImportError:
 if _version_not_supported:
     raise RuntimeError(
         f'The grpc package installed is at version {GRPC_VERSION},'
-        + ' but the generated code in fedquilt/proto/federation_pb2_grpc.py depends on'
+        + ' but the generated code in federation_pb2_grpc.py depends on'
         + f' grpcio>={GRPC_GENERATED_VERSION}.'
         + f' Please upgrade your grpc module to grpcio>={GRPC_GENERATED_VERSION}'
         + f' or downgrade your generated code using grpcio-tools<={GRPC_VERSION}.'
@@ -27,7 +27,8 @@ if _version_not_supported:
 
 
 class FederationStub:
-    """Missing associated documentation comment in .proto file."""
+    """The site agents' service. Role: site (every RPC).
+    """
 
     def __init__(self, channel):
         """Constructor.
@@ -37,64 +38,70 @@ class FederationStub:
         """
         self.Hello = channel.unary_unary(
                 '/fedquilt.v1.Federation/Hello',
-                request_serializer=fedquilt_dot_proto_dot_federation__pb2.HelloRequest.SerializeToString,
-                response_deserializer=fedquilt_dot_proto_dot_federation__pb2.HelloReply.FromString,
+                request_serializer=federation__pb2.HelloRequest.SerializeToString,
+                response_deserializer=federation__pb2.HelloReply.FromString,
                 _registered_method=True)
         self.WaitForTask = channel.unary_unary(
                 '/fedquilt.v1.Federation/WaitForTask',
-                request_serializer=fedquilt_dot_proto_dot_federation__pb2.WaitRequest.SerializeToString,
-                response_deserializer=fedquilt_dot_proto_dot_federation__pb2.Task.FromString,
+                request_serializer=federation__pb2.WaitRequest.SerializeToString,
+                response_deserializer=federation__pb2.Task.FromString,
                 _registered_method=True)
         self.Download = channel.unary_stream(
                 '/fedquilt.v1.Federation/Download',
-                request_serializer=fedquilt_dot_proto_dot_federation__pb2.DownloadRequest.SerializeToString,
-                response_deserializer=fedquilt_dot_proto_dot_tensors__pb2.Chunk.FromString,
+                request_serializer=federation__pb2.DownloadRequest.SerializeToString,
+                response_deserializer=tensors__pb2.Chunk.FromString,
                 _registered_method=True)
         self.Upload = channel.stream_unary(
                 '/fedquilt.v1.Federation/Upload',
-                request_serializer=fedquilt_dot_proto_dot_federation__pb2.UploadChunk.SerializeToString,
-                response_deserializer=fedquilt_dot_proto_dot_federation__pb2.Ack.FromString,
+                request_serializer=federation__pb2.UploadChunk.SerializeToString,
+                response_deserializer=federation__pb2.Ack.FromString,
                 _registered_method=True)
         self.Submit = channel.unary_unary(
                 '/fedquilt.v1.Federation/Submit',
-                request_serializer=fedquilt_dot_proto_dot_federation__pb2.SubmitRequest.SerializeToString,
-                response_deserializer=fedquilt_dot_proto_dot_federation__pb2.Ack.FromString,
+                request_serializer=federation__pb2.SubmitRequest.SerializeToString,
+                response_deserializer=federation__pb2.Ack.FromString,
                 _registered_method=True)
 
 
 class FederationServicer:
-    """Missing associated documentation comment in .proto file."""
+    """The site agents' service. Role: site (every RPC).
+    """
 
     def Hello(self, request, context):
-        """Enrol this site for the federation: checks the base-model fingerprint, records rank and size.
+        """Enrol this site (or re-enrol after a reconnect): checks the base-model fingerprint, task and
+        target shapes against the federation's, records rank and sample count. Role: site.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def WaitForTask(self, request, context):
-        """Long poll: returns the site's next step after `after_step`, or an IDLE task at the deadline.
+        """Long poll: returns the site's newest task once its step is greater than `after_step`, or an
+        IDLE task (step = after_step) when `wait_seconds` (capped by the coordinator) pass. Role: site.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def Download(self, request, context):
-        """The current global adapter (or a phase's broadcast) as a chunked stream of safetensors bytes.
+        """The current global state (or a phase's broadcast) as a chunked stream of bytes; the last chunk
+        carries the sha256 of the whole payload. Role: site (a cohort member, for a broadcast).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def Upload(self, request_iterator, context):
-        """A site's vectors for one phase: header first, then data chunks, then the sha256 trailer.
+        """A site's vectors for one phase: first message the header, then data chunks, last the sha256 of
+        all data bytes. Idempotent: an identical retry is acknowledged again. Role: site (a participant).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def Submit(self, request, context):
-        """Small per-step replies: training finished (with metrics), secure-aggregation messages.
+        """Small per-step replies: training finished (with metrics), secure-aggregation stage messages.
+        Role: site (the site the step was assigned to).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -105,28 +112,28 @@ def add_FederationServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'Hello': grpc.unary_unary_rpc_method_handler(
                     servicer.Hello,
-                    request_deserializer=fedquilt_dot_proto_dot_federation__pb2.HelloRequest.FromString,
-                    response_serializer=fedquilt_dot_proto_dot_federation__pb2.HelloReply.SerializeToString,
+                    request_deserializer=federation__pb2.HelloRequest.FromString,
+                    response_serializer=federation__pb2.HelloReply.SerializeToString,
             ),
             'WaitForTask': grpc.unary_unary_rpc_method_handler(
                     servicer.WaitForTask,
-                    request_deserializer=fedquilt_dot_proto_dot_federation__pb2.WaitRequest.FromString,
-                    response_serializer=fedquilt_dot_proto_dot_federation__pb2.Task.SerializeToString,
+                    request_deserializer=federation__pb2.WaitRequest.FromString,
+                    response_serializer=federation__pb2.Task.SerializeToString,
             ),
             'Download': grpc.unary_stream_rpc_method_handler(
                     servicer.Download,
-                    request_deserializer=fedquilt_dot_proto_dot_federation__pb2.DownloadRequest.FromString,
-                    response_serializer=fedquilt_dot_proto_dot_tensors__pb2.Chunk.SerializeToString,
+                    request_deserializer=federation__pb2.DownloadRequest.FromString,
+                    response_serializer=tensors__pb2.Chunk.SerializeToString,
             ),
             'Upload': grpc.stream_unary_rpc_method_handler(
                     servicer.Upload,
-                    request_deserializer=fedquilt_dot_proto_dot_federation__pb2.UploadChunk.FromString,
-                    response_serializer=fedquilt_dot_proto_dot_federation__pb2.Ack.SerializeToString,
+                    request_deserializer=federation__pb2.UploadChunk.FromString,
+                    response_serializer=federation__pb2.Ack.SerializeToString,
             ),
             'Submit': grpc.unary_unary_rpc_method_handler(
                     servicer.Submit,
-                    request_deserializer=fedquilt_dot_proto_dot_federation__pb2.SubmitRequest.FromString,
-                    response_serializer=fedquilt_dot_proto_dot_federation__pb2.Ack.SerializeToString,
+                    request_deserializer=federation__pb2.SubmitRequest.FromString,
+                    response_serializer=federation__pb2.Ack.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -137,7 +144,8 @@ def add_FederationServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class Federation:
-    """Missing associated documentation comment in .proto file."""
+    """The site agents' service. Role: site (every RPC).
+    """
 
     @staticmethod
     def Hello(request,
@@ -154,8 +162,8 @@ class Federation:
             request,
             target,
             '/fedquilt.v1.Federation/Hello',
-            fedquilt_dot_proto_dot_federation__pb2.HelloRequest.SerializeToString,
-            fedquilt_dot_proto_dot_federation__pb2.HelloReply.FromString,
+            federation__pb2.HelloRequest.SerializeToString,
+            federation__pb2.HelloReply.FromString,
             options,
             channel_credentials,
             insecure,
@@ -181,8 +189,8 @@ class Federation:
             request,
             target,
             '/fedquilt.v1.Federation/WaitForTask',
-            fedquilt_dot_proto_dot_federation__pb2.WaitRequest.SerializeToString,
-            fedquilt_dot_proto_dot_federation__pb2.Task.FromString,
+            federation__pb2.WaitRequest.SerializeToString,
+            federation__pb2.Task.FromString,
             options,
             channel_credentials,
             insecure,
@@ -208,8 +216,8 @@ class Federation:
             request,
             target,
             '/fedquilt.v1.Federation/Download',
-            fedquilt_dot_proto_dot_federation__pb2.DownloadRequest.SerializeToString,
-            fedquilt_dot_proto_dot_tensors__pb2.Chunk.FromString,
+            federation__pb2.DownloadRequest.SerializeToString,
+            tensors__pb2.Chunk.FromString,
             options,
             channel_credentials,
             insecure,
@@ -235,8 +243,8 @@ class Federation:
             request_iterator,
             target,
             '/fedquilt.v1.Federation/Upload',
-            fedquilt_dot_proto_dot_federation__pb2.UploadChunk.SerializeToString,
-            fedquilt_dot_proto_dot_federation__pb2.Ack.FromString,
+            federation__pb2.UploadChunk.SerializeToString,
+            federation__pb2.Ack.FromString,
             options,
             channel_credentials,
             insecure,
@@ -262,8 +270,8 @@ class Federation:
             request,
             target,
             '/fedquilt.v1.Federation/Submit',
-            fedquilt_dot_proto_dot_federation__pb2.SubmitRequest.SerializeToString,
-            fedquilt_dot_proto_dot_federation__pb2.Ack.FromString,
+            federation__pb2.SubmitRequest.SerializeToString,
+            federation__pb2.Ack.FromString,
             options,
             channel_credentials,
             insecure,
@@ -276,7 +284,9 @@ class Federation:
 
 
 class ModelsStub:
-    """Missing associated documentation comment in .proto file."""
+    """Published adapter versions, for consumers. Role: any certificate of the federation (site, admin,
+    coordinator).
+    """
 
     def __init__(self, channel):
         """Constructor.
@@ -286,27 +296,31 @@ class ModelsStub:
         """
         self.ListVersions = channel.unary_unary(
                 '/fedquilt.v1.Models/ListVersions',
-                request_serializer=fedquilt_dot_proto_dot_federation__pb2.ListVersionsRequest.SerializeToString,
-                response_deserializer=fedquilt_dot_proto_dot_federation__pb2.VersionList.FromString,
+                request_serializer=federation__pb2.ListVersionsRequest.SerializeToString,
+                response_deserializer=federation__pb2.VersionList.FromString,
                 _registered_method=True)
         self.Pull = channel.unary_stream(
                 '/fedquilt.v1.Models/Pull',
-                request_serializer=fedquilt_dot_proto_dot_federation__pb2.PullRequest.SerializeToString,
-                response_deserializer=fedquilt_dot_proto_dot_federation__pb2.FileChunk.FromString,
+                request_serializer=federation__pb2.PullRequest.SerializeToString,
+                response_deserializer=federation__pb2.FileChunk.FromString,
                 _registered_method=True)
 
 
 class ModelsServicer:
-    """Missing associated documentation comment in .proto file."""
+    """Published adapter versions, for consumers. Role: any certificate of the federation (site, admin,
+    coordinator).
+    """
 
     def ListVersions(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Every published version of `model`, oldest first (an unknown model gives an empty list).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def Pull(self, request, context):
-        """Every file of a published version, chunked; manifest.json first.
+        """Every file of a published version, chunked: manifest.json first, then the adapter's files in
+        name order. Verify each file's sha256 and the manifest's signature (docs/manifest.md).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -317,13 +331,13 @@ def add_ModelsServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'ListVersions': grpc.unary_unary_rpc_method_handler(
                     servicer.ListVersions,
-                    request_deserializer=fedquilt_dot_proto_dot_federation__pb2.ListVersionsRequest.FromString,
-                    response_serializer=fedquilt_dot_proto_dot_federation__pb2.VersionList.SerializeToString,
+                    request_deserializer=federation__pb2.ListVersionsRequest.FromString,
+                    response_serializer=federation__pb2.VersionList.SerializeToString,
             ),
             'Pull': grpc.unary_stream_rpc_method_handler(
                     servicer.Pull,
-                    request_deserializer=fedquilt_dot_proto_dot_federation__pb2.PullRequest.FromString,
-                    response_serializer=fedquilt_dot_proto_dot_federation__pb2.FileChunk.SerializeToString,
+                    request_deserializer=federation__pb2.PullRequest.FromString,
+                    response_serializer=federation__pb2.FileChunk.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -334,7 +348,9 @@ def add_ModelsServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class Models:
-    """Missing associated documentation comment in .proto file."""
+    """Published adapter versions, for consumers. Role: any certificate of the federation (site, admin,
+    coordinator).
+    """
 
     @staticmethod
     def ListVersions(request,
@@ -351,8 +367,8 @@ class Models:
             request,
             target,
             '/fedquilt.v1.Models/ListVersions',
-            fedquilt_dot_proto_dot_federation__pb2.ListVersionsRequest.SerializeToString,
-            fedquilt_dot_proto_dot_federation__pb2.VersionList.FromString,
+            federation__pb2.ListVersionsRequest.SerializeToString,
+            federation__pb2.VersionList.FromString,
             options,
             channel_credentials,
             insecure,
@@ -378,8 +394,8 @@ class Models:
             request,
             target,
             '/fedquilt.v1.Models/Pull',
-            fedquilt_dot_proto_dot_federation__pb2.PullRequest.SerializeToString,
-            fedquilt_dot_proto_dot_federation__pb2.FileChunk.FromString,
+            federation__pb2.PullRequest.SerializeToString,
+            federation__pb2.FileChunk.FromString,
             options,
             channel_credentials,
             insecure,
@@ -392,7 +408,8 @@ class Models:
 
 
 class AdminStub:
-    """Missing associated documentation comment in .proto file."""
+    """Operator RPCs. Role: admin (every RPC).
+    """
 
     def __init__(self, channel):
         """Constructor.
@@ -402,38 +419,43 @@ class AdminStub:
         """
         self.Status = channel.unary_unary(
                 '/fedquilt.v1.Admin/Status',
-                request_serializer=fedquilt_dot_proto_dot_federation__pb2.StatusRequest.SerializeToString,
-                response_deserializer=fedquilt_dot_proto_dot_federation__pb2.StatusReply.FromString,
+                request_serializer=federation__pb2.StatusRequest.SerializeToString,
+                response_deserializer=federation__pb2.StatusReply.FromString,
                 _registered_method=True)
         self.ListSites = channel.unary_unary(
                 '/fedquilt.v1.Admin/ListSites',
-                request_serializer=fedquilt_dot_proto_dot_federation__pb2.ListSitesRequest.SerializeToString,
-                response_deserializer=fedquilt_dot_proto_dot_federation__pb2.SiteList.FromString,
+                request_serializer=federation__pb2.ListSitesRequest.SerializeToString,
+                response_deserializer=federation__pb2.SiteList.FromString,
                 _registered_method=True)
         self.SetFederationState = channel.unary_unary(
                 '/fedquilt.v1.Admin/SetFederationState',
-                request_serializer=fedquilt_dot_proto_dot_federation__pb2.FederationStateRequest.SerializeToString,
-                response_deserializer=fedquilt_dot_proto_dot_federation__pb2.StatusReply.FromString,
+                request_serializer=federation__pb2.FederationStateRequest.SerializeToString,
+                response_deserializer=federation__pb2.StatusReply.FromString,
                 _registered_method=True)
 
 
 class AdminServicer:
-    """Missing associated documentation comment in .proto file."""
+    """Operator RPCs. Role: admin (every RPC).
+    """
 
     def Status(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """The federation's status (the same JSON as the status page's /status.json).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ListSites(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Enrolled sites, online or not.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def SetFederationState(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Start (running = true) or pause the federation; pausing discards the round in flight and
+        agents stop local training within seconds. Returns the new status.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -443,18 +465,18 @@ def add_AdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'Status': grpc.unary_unary_rpc_method_handler(
                     servicer.Status,
-                    request_deserializer=fedquilt_dot_proto_dot_federation__pb2.StatusRequest.FromString,
-                    response_serializer=fedquilt_dot_proto_dot_federation__pb2.StatusReply.SerializeToString,
+                    request_deserializer=federation__pb2.StatusRequest.FromString,
+                    response_serializer=federation__pb2.StatusReply.SerializeToString,
             ),
             'ListSites': grpc.unary_unary_rpc_method_handler(
                     servicer.ListSites,
-                    request_deserializer=fedquilt_dot_proto_dot_federation__pb2.ListSitesRequest.FromString,
-                    response_serializer=fedquilt_dot_proto_dot_federation__pb2.SiteList.SerializeToString,
+                    request_deserializer=federation__pb2.ListSitesRequest.FromString,
+                    response_serializer=federation__pb2.SiteList.SerializeToString,
             ),
             'SetFederationState': grpc.unary_unary_rpc_method_handler(
                     servicer.SetFederationState,
-                    request_deserializer=fedquilt_dot_proto_dot_federation__pb2.FederationStateRequest.FromString,
-                    response_serializer=fedquilt_dot_proto_dot_federation__pb2.StatusReply.SerializeToString,
+                    request_deserializer=federation__pb2.FederationStateRequest.FromString,
+                    response_serializer=federation__pb2.StatusReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -465,7 +487,8 @@ def add_AdminServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class Admin:
-    """Missing associated documentation comment in .proto file."""
+    """Operator RPCs. Role: admin (every RPC).
+    """
 
     @staticmethod
     def Status(request,
@@ -482,8 +505,8 @@ class Admin:
             request,
             target,
             '/fedquilt.v1.Admin/Status',
-            fedquilt_dot_proto_dot_federation__pb2.StatusRequest.SerializeToString,
-            fedquilt_dot_proto_dot_federation__pb2.StatusReply.FromString,
+            federation__pb2.StatusRequest.SerializeToString,
+            federation__pb2.StatusReply.FromString,
             options,
             channel_credentials,
             insecure,
@@ -509,8 +532,8 @@ class Admin:
             request,
             target,
             '/fedquilt.v1.Admin/ListSites',
-            fedquilt_dot_proto_dot_federation__pb2.ListSitesRequest.SerializeToString,
-            fedquilt_dot_proto_dot_federation__pb2.SiteList.FromString,
+            federation__pb2.ListSitesRequest.SerializeToString,
+            federation__pb2.SiteList.FromString,
             options,
             channel_credentials,
             insecure,
@@ -536,8 +559,8 @@ class Admin:
             request,
             target,
             '/fedquilt.v1.Admin/SetFederationState',
-            fedquilt_dot_proto_dot_federation__pb2.FederationStateRequest.SerializeToString,
-            fedquilt_dot_proto_dot_federation__pb2.StatusReply.FromString,
+            federation__pb2.FederationStateRequest.SerializeToString,
+            federation__pb2.StatusReply.FromString,
             options,
             channel_credentials,
             insecure,

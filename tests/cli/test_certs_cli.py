@@ -94,3 +94,38 @@ def test_help_mentions_every_action(capsys: pytest.CaptureFixture[str]) -> None:
     text = capsys.readouterr().out
     for action in ("init", "issue", "revoke", "rotate", "list"):
         assert action in text
+
+
+def test_issue_refuses_an_existing_name_without_force(tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
+    from fedquilt.cli.main import main
+    from fedquilt.coordinator import pki
+
+    ca = tmp_path / "ca"
+    assert main(["certs", "init", "--dir", str(ca)]) == 0
+    assert main(["certs", "issue", "--dir", str(ca), "--out", str(tmp_path / "a"), "--name", "hospital-a",
+                 "--role", "site"]) == 0
+    assert main(["certs", "issue", "--dir", str(ca), "--out", str(tmp_path / "b"), "--name", "hospital-a",
+                 "--role", "site"]) == 1
+    err = capsys.readouterr().err
+    assert "'hospital-a' already has a valid site certificate" in err and "rotate" in err and "--force" in err
+    assert len([c for c in pki.issued(ca) if c.name == "hospital-a"]) == 1 and not (tmp_path / "b").exists()
+    assert main(["certs", "issue", "--dir", str(ca), "--out", str(tmp_path / "b"), "--name", "hospital-a",
+                 "--role", "site", "--force"]) == 0
+    assert len([c for c in pki.issued(ca) if c.name == "hospital-a"]) == 2
+
+
+def test_ca_exists_error_names_the_flag(tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
+    from fedquilt.cli.main import main
+
+    assert main(["certs", "init", "--dir", str(tmp_path / "ca")]) == 0
+    assert main(["certs", "init", "--dir", str(tmp_path / "ca")]) == 1
+    err = capsys.readouterr().err
+    assert "pass --force" in err and "force=True" not in err
+
+
+def test_fingerprint_of_a_missing_folder(tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
+    from fedquilt.cli.main import main
+
+    assert main(["fingerprint", str(tmp_path / "nonexistent")]) == 1
+    err = capsys.readouterr().err
+    assert "does not exist" in err and "safetensors" not in err

@@ -69,8 +69,8 @@ def test_bytes_clipping_rpc_errors_and_stages() -> None:
     m.observe_stage("training", 5.5)
     m.observe_stage("phase0", 0.25)
 
-    assert value(m, "fedquilt_bytes_received_total") == 1024
-    assert value(m, "fedquilt_bytes_sent_total") == 7
+    assert value(m, "fedquilt_received_bytes_total") == 1024
+    assert value(m, "fedquilt_sent_bytes_total") == 7
     assert value(m, "fedquilt_clipped_values_total") == 3
     assert value(m, "fedquilt_rpc_errors_total", method="Upload", code="INVALID_ARGUMENT") == 2
     assert value(m, "fedquilt_rpc_errors_total", method="Hello", code="PERMISSION_DENIED") == 1
@@ -92,7 +92,7 @@ def test_bad_input_is_refused_by_name(call: Any, message: str) -> None:
     m = Metrics()
     with pytest.raises(ValueError, match=message.replace("(", r"\(")):
         call(m)
-    assert value(m, "fedquilt_bytes_sent_total") == 0
+    assert value(m, "fedquilt_sent_bytes_total") == 0
 
 
 def test_status_gauges_follow_the_bound_status_at_every_scrape() -> None:

@@ -70,7 +70,7 @@ def test_metrics_endpoint_serves_the_private_registry(served: Any) -> None:
     assert values["fedquilt_rounds_opened_total"] == 1
     assert values["fedquilt_rounds_published_total"] == 1
     assert values["fedquilt_dropouts_total"] == 1
-    assert values["fedquilt_bytes_received_total"] == 4096
+    assert values["fedquilt_received_bytes_total"] == 4096
     assert values["fedquilt_sites_online"] == 2
     assert values["fedquilt_current_round"] == 4
 

@@ -1,0 +1,81 @@
+"""`versions`, `status`, `admin` over real mTLS: plain answers and plain errors, no gRPC dumps."""
+
+from __future__ import annotations
+
+import socket
+from typing import Any
+
+import pytest
+
+from fedquilt.cli.main import main
+from test_pull_folder import _published
+
+
+def _conn(w: Any, who: str = "admin") -> list[str]:
+    cert, key = w.cert(who)
+    return ["--coordinator", w.address, "--server-name", "localhost", "--ca", str(w.files.ca_dir / "ca.pem"),
+            "--cert", str(cert), "--key", str(key)]
+
+
+def test_versions_of_a_model(coordinator: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    w = _published(coordinator, rounds=2)
+    assert main(["versions", w.files.model, *_conn(w, "site-1")]) == 0
+    out = capsys.readouterr().out
+    assert f"{w.files.model}:v0001" in out and f"{w.files.model}:v0002" in out and "latest" in out
+    assert "PUBLISHED" in out
+
+
+def test_versions_without_model_lists_the_federations_models(coordinator: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    w = _published(coordinator)
+    assert main(["versions", *_conn(w)]) == 0
+    out = capsys.readouterr().out
+    assert f"models: {w.files.model}" in out and f"{w.files.model}:v0001" in out
+    assert main(["versions", *_conn(w, "site-0")]) == 1  # a site may not ask the federation's status
+    err = capsys.readouterr().err
+    assert "needs an admin certificate" in err and "refused" in err and "_InactiveRpcError" not in err
+
+
+def test_unknown_model_says_so(coordinator: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    w = _published(coordinator)
+    assert main(["versions", "demo-adaptr", *_conn(w)]) == 0
+    assert "no published versions of model 'demo-adaptr'" in capsys.readouterr().out
+
+
+def test_status_is_readable(coordinator: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    w = coordinator()
+    w.hello("site-0")
+    assert main(["status", *_conn(w)]) == 0
+    out = capsys.readouterr().out
+    assert f"federation demo (fedit, model {w.files.model}): running, round 0 of 1 done" in out
+    assert "sites: 1 of 1 online" in out and "site-0" in out
+
+
+def test_admin_errors_are_plain(coordinator: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    w = coordinator()
+    assert main(["admin", *_conn(w, "site-0"), "status"]) == 1
+    err = capsys.readouterr().err
+    assert "fedquilt: error: admin status: the coordinator at" in err and "'site-0' has role 'site'" in err
+    assert "_InactiveRpcError" not in err and "debug_error_string" not in err
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        free = s.getsockname()[1]
+    args = _conn(w)
+    args[1] = f"127.0.0.1:{free}"
+    assert main(["admin", *args, "stop"]) == 1
+    err = capsys.readouterr().err
+    assert f"nothing is listening at 127.0.0.1:{free}" in err and "_InactiveRpcError" not in err
+
+
+def test_status_shows_per_site_progress_and_secure_sum_step(coordinator: Any) -> None:
+    w = coordinator(secagg=True)
+    trained = w.open_round()
+    rnd = w.running.orchestrator.status()["current_round"]
+    assert rnd["progress"] == {"site-0": "training", "site-1": "training"} and rnd["deadline_utc"]
+    w.train_done("site-0", trained["site-0"])
+    assert w.running.orchestrator.status()["current_round"]["progress"]["site-0"] == "trained"
+    from fedquilt.proto import federation_pb2 as pb
+
+    w.next_stage(trained, pb.DECLARE_LAYOUT)
+    rnd = w.running.orchestrator.status()["current_round"]
+    assert rnd["stage"] == "phase" and rnd["secure_sum_step"] == "declare_layout"
+    assert rnd["progress"] == {"site-0": "waiting", "site-1": "waiting"}
