@@ -2,8 +2,10 @@
 
 * It equals plaintext ``stack`` on the same trained factors (each agent keeps an audit copy of
   its trained LoRA factors) within relative Frobenius error 1e-4, with mixed ranks.
-* A site dropping between the two secure sums discards the round: nothing from the first sum is
-  published.
+* A site dropping between the two secure sums of the two-pass variant (``passes = 2``) discards the
+  round: nothing from the first sum is published.
+* With the default single-pass sketch, a site killed during the secure sum costs the round nothing
+  but that site: the round publishes over the others (issue 15).
 """
 
 from __future__ import annotations
@@ -75,8 +77,8 @@ def test_secure_stack_equals_plaintext_stack_on_the_same_factors(federation, tmp
 
 
 def test_site_dropping_between_the_two_sums_discards_the_round(federation, tmp_path: Path) -> None:
-    fed = federation(sites=3, rule="secure-stack", rounds=1, min_sites=3, min_contributors=2,
-                     timeouts=(240.0, 6.0), train={"local_steps": 2, "batch_size": 8, "lr": 3e-3})
+    fed = federation(sites=3, rule="secure-stack", rule_params={"passes": 2}, rounds=1, min_sites=3,
+                     min_contributors=2, timeouts=(240.0, 6.0), train={"local_steps": 2, "batch_size": 8, "lr": 3e-3})
     point_agents_at(fed.files, fed.address)
     env = dict(os.environ, OMP_NUM_THREADS="1")
     procs = [subprocess.Popen([sys.executable, "-m", "fedquilt.cli.main", "agent", "run", "--no-progress", "--config",
@@ -101,3 +103,36 @@ def test_site_dropping_between_the_two_sums_discards_the_round(federation, tmp_p
     assert first["version"] is None and "discarded" in first, first
     assert "participants changed" in first["discarded"] or "need" in first["discarded"], first
     assert fed.running.store.versions(fed.files.model) == []  # nothing from the first sum was published
+
+
+def test_single_pass_round_survives_a_site_killed_during_the_secure_sum(federation, tmp_path: Path) -> None:
+    from fedquilt.coordinator.steps import Step
+
+    fed = federation(sites=3, rule="secure-stack", rounds=1, min_sites=3, min_contributors=2,
+                     timeouts=(240.0, 6.0), train={"local_steps": 2, "batch_size": 8, "lr": 3e-3})
+    point_agents_at(fed.files, fed.address)
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    procs = [subprocess.Popen([sys.executable, "-m", "fedquilt.cli.main", "agent", "run", "--no-progress", "--config",
+                               str(cfg)], stdout=(tmp_path / f"a{i}.log").open("wb"), stderr=subprocess.STDOUT, env=env)
+             for i, cfg in enumerate(fed.files.agent_configs)]
+    orch = fed.running.orchestrator
+    try:
+        deadline = time.monotonic() + 300
+        while not (orch.current is not None and orch.current.collector is not None
+                   and getattr(orch.current.collector, "stage", None) is Step.SECAGG_SHARE):
+            assert time.monotonic() < deadline, "the secure sum never reached key sharing"
+            time.sleep(0.02)
+        procs[2].kill()  # site-2 advertised its keys and vanishes before its masked input
+        while not orch.history:
+            assert time.monotonic() < deadline, "round 1 never ended"
+            time.sleep(0.05)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGKILL)
+            p.wait()
+    first = orch.history[0]
+    assert first["version"] == "v0001", first
+    manifest = fed.running.store.manifest(fed.files.model, "v0001")
+    assert manifest["contributors"] == 2 and manifest["dropouts"] == 1, manifest
+    assert manifest["secure_aggregation"]["sites"] == 3  # it was in the secure sum, and the sum went on without it
