@@ -478,9 +478,12 @@ class Orchestrator:
         self._publish(rnd, outcome, now)
 
     def _context(self, rnd: RoundRecord) -> RoundContext:
+        # Under SecAgg sites derive the rule's public randomness from the secure sum's session id (agent
+        # secure_sum binds ctx.session to it); server halves that regenerate it (single-pass sketch) need the same.
+        secure_session = getattr(getattr(rnd.collector, "session", None), "session_id", None)
         return RoundContext(round=rnd.number, shapes=rnd.spec.shapes,
                             ranks={s: rnd.spec.ranks[s] for s in sorted(rnd.participants)},
-                            session=bytes.fromhex(rnd.spec.nonce), params=rnd.spec.params)
+                            session=secure_session or bytes.fromhex(rnd.spec.nonce), params=rnd.spec.params)
 
     def _publish(self, rnd: RoundRecord, agg: Aggregate, now: float) -> None:
         collector = rnd.collector

@@ -61,8 +61,11 @@ def single_pass_recover(sums: Mapping[str, np.ndarray], ctx: RoundContext, cfg: 
         y = mean(sums, key(module, "Y"), total)
         w = mean(sums, key(module, "W"), total)
         p = mean(sums, key(module, "P"), total)
-        if y.shape != (d, cfg.width_of(ctx, module)) or w.shape != (cfg.corange_of(ctx, module), k):
-            raise ValueError(f"{module}: sketch shapes {tuple(y.shape)}, {tuple(w.shape)} do not match the round")
+        # Widths come from the sums, not from ctx: sites sized them for the cohort, the server's ctx
+        # holds only the sites that finished (a smaller Σ r_i).
+        if y.ndim != 2 or w.ndim != 2 or y.shape[0] != d or w.shape[1] != k or w.shape[0] < y.shape[1]:
+            raise ValueError(f"{module}: sketch shapes {tuple(y.shape)}, {tuple(w.shape)} do not fit a {d}x{k} "
+                             "module (need Y d×w, W l×k with l ≥ w)")
         q, _ = torch.linalg.qr(y)
         psi = test_matrix(ctx.session, "corange", module, w.shape[0], d)
         x = torch.linalg.lstsq(psi @ q, w).solution

@@ -189,3 +189,22 @@ def test_new_parameters_are_validated() -> None:
                        ({"numerical_rank": 1}, "numerical_rank")]:
         with pytest.raises(ValueError, match=field):
             SketchParams(**bad)
+
+
+@pytest.mark.parametrize("passes", [1, 2])
+def test_server_recovers_when_fewer_sites_finish_than_the_cohort_sized_the_sketch_for(passes: int) -> None:
+    from strategies_harness import plain_sum
+    from fedquilt.strategies.base import LocalUpdate, RoundContext
+
+    ranks = {"s1": 3, "s2": 2, "s3": 4, "s4": 1, "s5": 2}
+    sites = cohort(ranks, seed=41)
+    rule = SecureStack(SketchParams(passes=passes, float64=True, rtol=1e-10))
+    client_ctx = context(ranks)  # sites size the sketch for the whole cohort (Σ r = 12)
+    done = {s: sites[s] for s in ("s1", "s2", "s3", "s4")}  # s5 vanished before its masked input
+    server_ctx = RoundContext(round=1, shapes=client_ctx.shapes, ranks={s: ranks[s] for s in done}, session=client_ctx.session)
+    broadcast = None
+    for phase in range(rule.phases):
+        subs = [rule.vectors(phase, LocalUpdate(adapter=a), n, client_ctx, broadcast) for a, n in done.values()]
+        out = rule.combine(phase, plain_sum(subs), server_ctx, None, broadcast)
+        broadcast = out
+    assert rel_err(delta(out.adapter), exact_target(done)) < 1e-8
