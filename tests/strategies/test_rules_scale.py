@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from fedquilt.strategies.base import Aggregate
+from fedquilt.strategies.base import Aggregate, LocalUpdate
 from fedquilt.strategies.flexlora import FlexLora
 from fedquilt.strategies.lora import LoraFactors, lora_scaling
 from fedquilt.strategies.secure_stack import SecureStack, SketchParams
@@ -171,10 +171,18 @@ def test_feedback_is_dropped_when_the_global_is_not_the_one_it_was_computed_for(
     assert rule.feedback.residual(restored) is None
 
 
-def test_default_published_rank_is_bounded() -> None:
-    sites = spectrum_cohort(30, 4, seed=6)
-    agg = run_round(SecureStack(), updates_of(sites), big_context(sites, 4), None)
-    assert agg.adapter["m"].rank <= 64 and agg.info["sketch_width"] <= 64 + 10
+def test_default_published_rank_and_width_are_bounded() -> None:
+    from fedquilt.strategies.base import RoundContext
+    from strategies_harness import random_adapter
+
+    shapes = {"m": (160, 144)}
+    gen = torch.Generator().manual_seed(6)
+    rule, glob = SecureStack(), None
+    for t in range(3):  # 3 rounds of 30 sites at rank 4: Σ r = 120 per round, numerical rank would reach 144
+        ranks = {f"s{i}": 4 for i in range(30)}
+        sites = {s: (LocalUpdate(adapter=random_adapter(4, 4.0, gen, shapes)), 10) for s in ranks}
+        glob = run_round(rule, sites, RoundContext(round=t + 1, shapes=shapes, ranks=ranks, session=bytes([t])), glob)
+        assert glob.adapter["m"].rank <= 64 and glob.info["sketch_width"] <= 64 + 10
 
 
 def test_flexlora_caps_its_sketch_at_its_published_rank() -> None:
