@@ -240,9 +240,10 @@ def plot(doc: dict[str, Any], path: Path) -> str:
     a1.set(xscale="log", yscale="log", xlabel="sites N", ylabel="upload per site per round (MB)",
            title="7B q,v, r = 16")
     a1.legend(fontsize=7)
-    for k in [k for k in doc["rounds"][0] if k.endswith(": rank")]:
-        a2.plot([r["round"] for r in doc["rounds"]], [r[k] for r in doc["rounds"]], label=k[: -len(": rank")])
-    a2.set(xlabel="round", ylabel="published rank", title="published rank as rounds grow", yscale="log")
+    for k in [k for k in doc["rounds"][0] if k.endswith(": 7B adapter MB")]:
+        a2.plot([r["round"] for r in doc["rounds"]], [r[k] for r in doc["rounds"]], label=k[: -len(": 7B adapter MB")])
+    a2.set(xlabel="round", ylabel="published adapter (MB, 7B q,v; 20 sites x r=16 per round)",
+           title="published adapter size as rounds grow", yscale="log")
     a2.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
