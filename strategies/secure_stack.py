@@ -106,7 +106,7 @@ class SketchedRule:
         broadcast: Broadcast | None,
         state: MutableMapping[str, Any] | None = None,
     ) -> Vectors:
-        """Phase 0: n·ΔW·Ω; phase 1: n·QᵀΔW and probe sketches."""
+        """Single pass: n·ΔW·Ω, n·Ψ·ΔW and probes. Two passes: phase 0 n·ΔW·Ω; phase 1 n·QᵀΔW and probes."""
         check_phase(phase, self.phases, self.name)
         adapter = trained_adapter(update, ctx)
         cfg = self.params.sketch(self.default_rank(ctx))
@@ -122,7 +122,7 @@ class SketchedRule:
         """Server: the phase-0 basis (two passes), or the recovered ΔW = Q·X (last phase)."""
         check_phase(phase, self.phases, self.name)
         if self.phases == 1:
-            return single_pass_recover(sums, ctx, self.params.sketch(self.default_rank(ctx)))
+            return single_pass_recover(sums, ctx)
         if phase == 0:
             self._basis = basis(sums, ctx)
             return self._basis

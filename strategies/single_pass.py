@@ -51,7 +51,7 @@ def single_pass_vectors(adapter: Adapter, n: int, ctx: RoundContext, cfg: Sketch
     return out
 
 
-def single_pass_recover(sums: Mapping[str, np.ndarray], ctx: RoundContext, cfg: SketchConfig) -> Recovered:
+def single_pass_recover(sums: Mapping[str, np.ndarray], ctx: RoundContext) -> Recovered:
     """Server: ``ΔW ≈ Q·X`` per module from the one sum, with the probe estimate of its error."""
     total = total_count(sums)
     products: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}

@@ -10,12 +10,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import pytest
@@ -76,16 +78,28 @@ def test_secure_stack_equals_plaintext_stack_on_the_same_factors(federation, tmp
     assert rel < 1e-4
 
 
-def test_site_dropping_between_the_two_sums_discards_the_round(federation, tmp_path: Path) -> None:
-    fed = federation(sites=3, rule="secure-stack", rule_params={"passes": 2}, rounds=1, min_sites=3,
-                     min_contributors=2, timeouts=(240.0, 6.0), train={"local_steps": 2, "batch_size": 8, "lr": 3e-3})
+@contextlib.contextmanager
+def agent_processes(fed, tmp_path: Path) -> Iterator[list[subprocess.Popen]]:
+    """One ``fedquilt agent run`` process per site (so a test can SIGKILL one); all killed on exit."""
     point_agents_at(fed.files, fed.address)
     env = dict(os.environ, OMP_NUM_THREADS="1")
     procs = [subprocess.Popen([sys.executable, "-m", "fedquilt.cli.main", "agent", "run", "--no-progress", "--config",
                                str(cfg)], stdout=(tmp_path / f"a{i}.log").open("wb"), stderr=subprocess.STDOUT, env=env)
              for i, cfg in enumerate(fed.files.agent_configs)]
-    orch = fed.running.orchestrator
     try:
+        yield procs
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGKILL)
+            p.wait()
+
+
+def test_site_dropping_between_the_two_sums_discards_the_round(federation, tmp_path: Path) -> None:
+    fed = federation(sites=3, rule="secure-stack", rule_params={"passes": 2}, rounds=1, min_sites=3,
+                     min_contributors=2, timeouts=(240.0, 6.0), train={"local_steps": 2, "batch_size": 8, "lr": 3e-3})
+    orch = fed.running.orchestrator
+    with agent_processes(fed, tmp_path) as procs:
         deadline = time.monotonic() + 300
         while not (orch.current is not None and orch.current.phase == 1):
             assert time.monotonic() < deadline, "the second secure sum never started"
@@ -94,11 +108,6 @@ def test_site_dropping_between_the_two_sums_discards_the_round(federation, tmp_p
         while not orch.history:
             assert time.monotonic() < deadline, "round 1 never ended"
             time.sleep(0.05)
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.send_signal(signal.SIGKILL)
-            p.wait()
     first = orch.history[0]
     assert first["version"] is None and "discarded" in first, first
     assert "participants changed" in first["discarded"] or "need" in first["discarded"], first
@@ -110,13 +119,8 @@ def test_single_pass_round_survives_a_site_killed_during_the_secure_sum(federati
 
     fed = federation(sites=3, rule="secure-stack", rounds=1, min_sites=3, min_contributors=2,
                      timeouts=(240.0, 6.0), train={"local_steps": 2, "batch_size": 8, "lr": 3e-3})
-    point_agents_at(fed.files, fed.address)
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    procs = [subprocess.Popen([sys.executable, "-m", "fedquilt.cli.main", "agent", "run", "--no-progress", "--config",
-                               str(cfg)], stdout=(tmp_path / f"a{i}.log").open("wb"), stderr=subprocess.STDOUT, env=env)
-             for i, cfg in enumerate(fed.files.agent_configs)]
     orch = fed.running.orchestrator
-    try:
+    with agent_processes(fed, tmp_path) as procs:
         deadline = time.monotonic() + 300
         def uploaded() -> bool:  # site-2's masked input is in the sum (the point where two passes could not go on)
             c = orch.current.collector if orch.current is not None else None
@@ -131,11 +135,6 @@ def test_single_pass_round_survives_a_site_killed_during_the_secure_sum(federati
         while not orch.history:
             assert time.monotonic() < deadline, "round 1 never ended"
             time.sleep(0.05)
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.send_signal(signal.SIGKILL)
-            p.wait()
     first = orch.history[0]
     assert first["version"] == "v0001", first  # the two-pass rule discards this round ("participants changed")
     manifest = fed.running.store.manifest(fed.files.model, "v0001")
