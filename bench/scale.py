@@ -242,7 +242,7 @@ def plot(doc: dict[str, Any], path: Path) -> str:
     a1.legend(fontsize=7)
     for k in [k for k in doc["rounds"][0] if k.endswith(": 7B adapter MB")]:
         a2.plot([r["round"] for r in doc["rounds"]], [r[k] for r in doc["rounds"]], label=k[: -len(": 7B adapter MB")])
-    a2.set(xlabel="round", ylabel="published adapter (MB, 7B q,v; 20 sites x r=16 per round)",
+    a2.set(xlabel="round (20 sites x r=16 each)", ylabel="published adapter, 7B q,v (MB)",
            title="published adapter size as rounds grow", yscale="log")
     a2.legend(fontsize=7)
     fig.tight_layout()
