@@ -3,7 +3,8 @@
 1. Cohort sweep, Llama-2-7B q,v shapes (64 matrices of 4096×4096), r = 16 at every site, N = 10 … 1,000:
    values each site uploads and downloads per round for every rule, from the rules' own client halves
    (one 4096×4096 module's real vectors, ×64), at 4 bytes per value (uint32 ring) and 8 for float64
-   broadcasts; coordinator seconds per round of the rule's server half (one module timed, ×64; the
+   broadcasts; the downloaded global at its steady-state rank (64 when capped; after round 2, 2·N·r, for
+   the old uncapped default); coordinator seconds per round of the rule's server half (one module timed, ×64; the
    secure sum's own unmasking cost is bench/secagg.py's). "dense-secagg" is a secure sum of dense ΔW.
 2. Accuracy at small shapes (16 matrices of 256×256; synthetic updates whose sites share a decaying
    spectrum plus site-specific noise, N = 10 … 1,000): relative error of secure-stack's round update vs
@@ -82,6 +83,8 @@ def one_site_traffic(name: str, n: int, d: int) -> dict[str, float]:
             down_bc += sum(np.asarray(v).size for v in out.tensors.values())
         else:
             rank = out.adapter["m"].rank if out.adapter else 0
+    if rule_name == "secure-stack":  # the global a site downloads in steady state, not after this one-site sum
+        rank = min(2 * n * RANK, d) if params.get("numerical_rank") else 64
     return {"up_values": up, "broadcast_values": down_bc, "global_values": 2 * d * rank, "published_rank": rank,
             "server_s": t_server}
 
@@ -92,8 +95,9 @@ def cohort_sweep(ns: list[int], d: int, modules: int) -> list[dict[str, Any]]:
         for name in RULES:
             if "old" in name and n * RANK + 10 > 1024:  # a 4096-wide QR/SVD per module: counted, not timed
                 w = min(n * RANK + 10, d)
-                t = {"up_values": 2 * d * w + 4 * d, "broadcast_values": d * w, "global_values": 2 * d * 2 * RANK,
-                     "published_rank": min(2 * RANK, d), "server_s": float("nan")}
+                rank = min(2 * n * RANK, d)
+                t = {"up_values": 2 * d * w + 4 * d, "broadcast_values": d * w, "global_values": 2 * d * rank,
+                     "published_rank": rank, "server_s": float("nan")}
             else:
                 t = one_site_traffic(name, n, d)
             rows.append({"rule": name, "N": n, "up_MB": modules * t["up_values"] * 4 / 1e6,
