@@ -14,6 +14,12 @@ Stages of a round::
     TRAINING --(all trained | deadline)--> PHASE 0 --> … --> PHASE p-1 --(Aggregate)--> published
         \\______________ fewer than min_sites (or SecAgg threshold) left: discarded ____/
 
+Cohorts and liveness: a site's long poll is its heartbeat (refreshed every second while it lasts, not
+at all once its RPC is gone); it is offline ``offline_after`` seconds later and is not sampled. A round
+opens once ``cohort_size`` sites are online (or ``wait_for_sites`` passed, logging who is missing),
+samples ``over_select`` more, and closes training as soon as ``cohort_size`` have finished, releasing
+the slowest with ROUND_DONE.
+
 A phase runs in a collector: ``PlainCollector`` (float32 uploads, plaintext) or a secure sum.
 A coordinator restart loses the round in flight; the next round starts fresh (fresh nonce, fresh
 keys), and finished versions are never touched. History, known sites and the running flag come
