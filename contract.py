@@ -13,7 +13,8 @@ from .proto.codec import RoundSpec
 from .strategies.base import RoundContext
 
 
-def round_context(spec: RoundSpec) -> RoundContext:
-    """The rule context of ``spec``'s round: its shapes, the cohort's ranks, its nonce and rule parameters."""
+def round_context(spec: RoundSpec, session: bytes | None = None) -> RoundContext:
+    """The rule context of ``spec``'s round: its shapes, the cohort's ranks, its rule parameters, and as public
+    randomness ``session`` (a secure sum's session id) or else the round's nonce."""
     return RoundContext(round=spec.round, shapes=spec.shapes, ranks=dict(spec.ranks),
-                        session=bytes.fromhex(spec.nonce), params=spec.params)
+                        session=session or bytes.fromhex(spec.nonce), params=spec.params)

@@ -84,8 +84,17 @@ class FederationConfig(_Strict):
     train_timeout: float = Field(600.0, gt=0)
     stage_timeout: float = Field(120.0, gt=0)
     wait_for_sites: float = Field(60.0, gt=0)
-    """How long a round waits for ``min_sites`` before it opens with who is there."""
+    """How long a round waits for the cohort it asks for (``cohort_size`` online sites; without it, after a restart,
+    every site known from before) before it opens with who is there (at least ``min_sites``), naming who is missing."""
     seed: int | None = None
+
+    # ---- cohort sampling and liveness (issue 15: rounds that stay steady as cohorts grow) ----
+    over_select: float = Field(0.0, ge=0, le=1)
+    """Sample this fraction more sites than the round needs (ceil); training closes as soon as the round's
+    worth (``cohort_size``, or every sampled site without it) has finished, and the slowest are released."""
+    offline_after: float = Field(10.0, gt=0)
+    """A site counts as offline this many seconds after its last long poll (a polling site is seen every second;
+    a site whose connection is gone at once); dead sites are not sampled into the next round."""
 
     # -- typed [federation.train] (issue 13): a typo is refused at start, not by every agent mid-round --
     @field_validator("train")

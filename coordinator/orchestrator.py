@@ -14,6 +14,12 @@ Stages of a round::
     TRAINING --(all trained | deadline)--> PHASE 0 --> … --> PHASE p-1 --(Aggregate)--> published
         \\______________ fewer than min_sites (or SecAgg threshold) left: discarded ____/
 
+Cohorts and liveness: a site's long poll is its heartbeat (refreshed every second while it lasts, not
+at all once its RPC is gone); it is offline ``offline_after`` seconds later and is not sampled. A round
+opens once ``cohort_size`` sites are online (or ``wait_for_sites`` passed, logging who is missing),
+samples ``over_select`` more, and closes training as soon as ``cohort_size`` have finished, releasing
+the slowest with ROUND_DONE.
+
 A phase runs in a collector: ``PlainCollector`` (float32 uploads, plaintext) or a secure sum.
 A coordinator restart loses the round in flight; the next round starts fresh (fresh nonce, fresh
 keys), and finished versions are never touched. History, known sites and the running flag come
@@ -23,6 +29,7 @@ back from the state database (``state.restore``) through the constructor.
 from __future__ import annotations
 
 import logging
+import math
 import random
 import secrets
 import threading
@@ -87,6 +94,10 @@ class RoundRecord:
     """When the current stage (training, or the current phase) began; for ``stage_finished`` events."""
     deadline_utc: str = ""
     """``deadline`` as UTC wall time, fixed when the stage starts (for the status page)."""
+    needed: int = 0
+    """Trained sites that close the training stage early (the cohort without its over-selected extras)."""
+    released: set[SiteId] = field(default_factory=set)
+    """Over-selected sites still training when enough had finished: sent ROUND_DONE, no longer in the cohort."""
 
 
 class Publisher(Protocol):
@@ -117,7 +128,7 @@ class Orchestrator:
         secure_sum_factory: Callable[..., Any] | None = None,
         observer: RoundObserver | None = None,
         clock: Callable[[], float] = time.monotonic,
-        online_window: float = 60.0,
+        online_window: float | None = None,
         site_noise: dict[str, float] | None = None,
         history: Sequence[Mapping[str, Any]] = (),
         known_sites: Sequence[Mapping[str, Any]] = (),
@@ -127,7 +138,8 @@ class Orchestrator:
         self.publisher, self.observer = publisher, observer
         self.secure_sum_factory = secure_sum_factory
         self.clock = clock
-        self.online_window = online_window
+        self.online_window = fed.offline_after if online_window is None else online_window
+        """Seconds after its last poll that a site counts as offline (``FederationConfig.offline_after``)."""
         self.site_noise = site_noise
         self.glob, self.global_version, self.rounds_done = glob, global_version, rounds_done
         self.sites: dict[SiteId, SiteRecord] = {}
@@ -142,6 +154,8 @@ class Orchestrator:
         self._step = time.time_ns() // 1000  # grows across restarts, so agents never see a step go back
         self._rng = random.Random(fed.seed)
         self._waiting_since: float | None = None
+        self._opened_any = False
+        """Whether this instance opened a round yet (until then it waits for every site known from before)."""
         self._encoded_glob = encode_aggregate(glob)
         self._said_finished = False
         if global_version is not None:
@@ -175,12 +189,19 @@ class Orchestrator:
             self._event("site_enrolled", site=site, num_samples=num_samples, rank=rank, alpha=alpha)
             return record.assignment.step
 
-    def wait(self, site: SiteId, after_step: int, timeout: float) -> Assignment:
-        """Long poll: the site's newest assignment once it is newer than ``after_step``."""
+    def wait(self, site: SiteId, after_step: int, timeout: float, alive: Callable[[], bool] | None = None) -> Assignment:
+        """Long poll: the site's newest assignment once it is newer than ``after_step``.
+
+        The poll is the site's heartbeat: ``last_seen`` is refreshed every second while it lasts, unless
+        ``alive`` (the RPC's ``is_active``) says the caller has gone, so a dead site turns offline
+        ``online_window`` seconds later instead of after its whole poll.
+        """
         deadline = time.monotonic() + timeout
         with self._cond:
             record = self._site(site)
             while record.assignment.step <= after_step:
+                if alive is not None and not alive():
+                    return Assignment(step=after_step, kind=Step.IDLE)
                 record.last_seen = self.clock()
                 left = deadline - time.monotonic()
                 if left <= 0:
@@ -279,8 +300,7 @@ class Orchestrator:
                     **_progress(rnd),
                 },
                 "sites": sorted([
-                    {"site": s.site, "online": now - s.last_seen < self.online_window and not s.left,
-                     "num_samples": s.num_samples,
+                    {"site": s.site, "online": self._online(s, now) and not s.left, "num_samples": s.num_samples,
                      "rank": s.rank, "last_seen_seconds_ago": round(now - s.last_seen, 1)}
                     for s in self.sites.values()
                 ] + [{**s, "online": False, "last_seen_seconds_ago": round(now - seen, 1)}
@@ -298,7 +318,7 @@ class Orchestrator:
             if rnd is None:
                 self._maybe_open(now)
             elif rnd.stage is RoundStage.TRAINING:
-                if rnd.cohort <= set(rnd.trained) or now >= rnd.deadline:
+                if rnd.cohort <= set(rnd.trained) or len(rnd.trained) >= (rnd.needed or len(rnd.cohort)) or now >= rnd.deadline:
                     self._end_training(rnd, now)
             elif rnd.stage is RoundStage.PHASE:
                 self._drive_phase(rnd, now)
@@ -321,16 +341,27 @@ class Orchestrator:
                              self.rounds_done, self.fed.rounds, self.global_version,
                              extra={"version": self.global_version})
             return
-        online = sorted(s for s, r in self.sites.items() if now - r.last_seen < self.online_window)
+        online = sorted(s for s, r in self.sites.items() if self._online(r, now))
         if len(online) < self.fed.min_sites:
             return
-        wanted = self.fed.cohort_size or len(set(self.sites) | set(self.known_sites))  # enrolled before a restart too
+        wanted = self._wanted()
         if len(online) < wanted:
-            self._waiting_since = self._waiting_since or now
+            if self._waiting_since is None:
+                self._waiting_since = now
             if now - self._waiting_since < self.fed.wait_for_sites:
                 return
+            missing = sorted((set(self.sites) | set(self.known_sites)) - set(online))
+            log.warning("round %d: waited %.0fs for %d online sites, %d are; opening without %s",
+                        self.rounds_done + 1, now - self._waiting_since, wanted, len(online),
+                        missing if missing else "sites that never enrolled")
         self._waiting_since = None
-        size = min(self.fed.cohort_size or len(online), len(online))
+        self._opened_any = True
+        if self.fed.cohort_size is not None:
+            needed = min(self.fed.cohort_size, len(online))
+            size = min(len(online), math.ceil(needed * (1.0 + self.fed.over_select)))
+        else:  # everyone online is sampled; over-selection lowers how many must finish
+            size = len(online)
+            needed = max(min(self.fed.min_sites, size), math.ceil(size / (1.0 + self.fed.over_select)))
         cohort = set(self._rng.sample(online, size))
         number = self.rounds_done + 1
         nonce = secrets.token_hex(16)
@@ -342,14 +373,29 @@ class Orchestrator:
             secagg=self._secagg_spec(cohort) if self.secure else None,
         )
         rnd = RoundRecord(number=number, spec=spec, cohort=cohort, participants=set(cohort), stage=RoundStage.TRAINING,
-                          deadline=now + self.fed.train_timeout, started=now,
+                          deadline=now + self.fed.train_timeout, started=now, needed=needed,
                           deadline_utc=_utc_now(self.fed.train_timeout))
         self.current = rnd
         spec_json = encode_spec(spec)
         for site in cohort:
             self._assign(site, Step.TRAIN, rnd, spec_json=spec_json)
-        log.info("round %d opened with %s (%s)", number, _sites(len(cohort)), spec.round_id, extra={"round": number})
+        log.info("round %d opened with %s (%s; %d needed)", number, _sites(len(cohort)), spec.round_id, needed,
+                 extra={"round": number})
         self._event("round_opened", round=number, cohort=len(cohort), round_id=spec.round_id)
+
+    def _wanted(self) -> int:
+        """Online sites a round waits for: ``cohort_size``; without it every online site, and before this
+        instance's first round also every site known from before a restart (so it does not open with the first
+        few that reconnect)."""
+        if self.fed.cohort_size is not None:
+            return self.fed.cohort_size
+        if not self._opened_any:
+            return len(set(self.sites) | set(self.known_sites))
+        return 0
+
+    def _online(self, record: SiteRecord, now: float) -> bool:
+        """Polled within ``online_window`` seconds (a polling site refreshes every second)."""
+        return now - record.last_seen < self.online_window
 
     def _secagg_spec(self, cohort: set[SiteId]) -> dict[str, Any]:
         # Sites divide every submitted value by this public constant so weighted values stay inside the
@@ -383,7 +429,15 @@ class Orchestrator:
         self._event("stage_finished", stage="training", seconds=now - rnd.started, round=rnd.number)
         rnd.participants = set(rnd.trained)
         missing = rnd.cohort - rnd.participants
-        if missing:
+        if missing and len(rnd.participants) >= rnd.needed and now < rnd.deadline:
+            # Over-selection did its job: release the slowest instead of waiting for them.
+            rnd.released = set(missing)
+            rnd.cohort -= rnd.released
+            for site in sorted(rnd.released):
+                self._assign(site, Step.ROUND_DONE, rnd, message="released: enough sites finished training")
+            log.info("round %d: %d sites finished training; released %s", rnd.number, len(rnd.participants),
+                     sorted(rnd.released), extra={"round": rnd.number})
+        elif missing:
             log.warning("round %d: %s did not finish training in time", rnd.number, sorted(missing))
         if len(rnd.participants) < self._min_participants(rnd):
             self._discard(rnd, f"only {_sites(len(rnd.participants))} finished training, need {self._min_participants(rnd)}")
@@ -454,9 +508,12 @@ class Orchestrator:
         self._publish(rnd, outcome, now)
 
     def _context(self, rnd: RoundRecord) -> RoundContext:
-        # The cohort's ranks, exactly as the sites derive them: a site that drops in training must not
-        # change the padding or sketch width the others already submitted with.
-        return round_context(rnd.spec)
+        # The cohort's ranks, exactly as the sites derive them: a site that drops in training must not change the
+        # padding or sketch width the others already submitted with. Under SecAgg sites derive the rule's public
+        # randomness from the secure sum's session id (agent secure_sum binds ctx.session to it); server halves
+        # that regenerate it (single-pass sketch) need the same.
+        secure_session = getattr(getattr(rnd.collector, "session", None), "session_id", None)
+        return round_context(rnd.spec, session=secure_session)
 
     def _publish(self, rnd: RoundRecord, agg: Aggregate, now: float) -> None:
         collector = rnd.collector

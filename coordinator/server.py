@@ -133,7 +133,6 @@ def _start_locked(cfg: CoordinatorConfig, metrics: Metrics, rule: Any, tick_seco
     orch = Orchestrator(rule=rule, fed=fed, secure=cfg.secagg.enabled, publisher=publisher, glob=glob,
                         rounds_done=rounds_done, global_version=version, secure_sum_factory=secure_sum_factory,
                         observer=Observers(metrics, StateRecorder(state, fed.name, fed.model)),
-                        online_window=max(60.0, 3 * cfg.server.long_poll_seconds),
                         site_noise=None if cfg.secagg.site_noise_multiplier is None or not cfg.secagg.enabled else {
                             "sigma": cfg.secagg.site_noise_multiplier, "clip": cfg.secagg.site_clip,
                             "delta": cfg.secagg.site_delta}, history=restored.history,

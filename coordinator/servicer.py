@@ -62,7 +62,7 @@ class FederationServicer(pb_grpc.FederationServicer):
             if not request.wait_seconds >= 0:  # also catches NaN, which would make the wait spin
                 raise codec.CodecError(f"wait_seconds must be >= 0, got {request.wait_seconds}")
             wait = min(float(request.wait_seconds), self.long_poll)
-            return _task(self.orch.wait(site, int(request.after_step), wait))
+            return _task(self.orch.wait(site, int(request.after_step), wait, alive=context.is_active))
 
     def Download(self, request: pb.DownloadRequest, context: grpc.ServicerContext) -> Iterator[tpb.Chunk]:
         with translated(context, "Download", self.metrics):

@@ -5,7 +5,8 @@ heterogeneous tasks and client resources", NeurIPS).
 Client: start from the rank-r_i slice of the global SVD, B = U_r√S_r, A = √S_r V_rᵀ (divided by
 √s_i so that s_i·B·A = U_r S_r V_rᵀ), train A and B. Server: ΔW = Σ p_i s_i B_i A_i — obtained
 through the same two secure sketch sums as ``secure-stack``, so it runs under SecAgg — then its
-SVD truncated to ``publish_rank`` (default: the cohort's largest rank), retained energy reported.
+SVD truncated to ``publish_rank`` (default: the cohort's largest rank), retained energy reported;
+the sketch width is capped at that rank + oversampling by default (``SketchParams.max_width``).
 The global is the averaged update itself (not cumulative): sites' factors already contain it.
 """
 
@@ -16,10 +17,9 @@ from typing import Any, Mapping, MutableMapping
 import numpy as np
 
 from .base import Aggregate, Broadcast, RoundContext, TrainingPlan
-from .fedit import averaging_start, check_phase
+from .fedit import averaging_start
 from .lowrank import refactor_cumulative
 from .secure_stack import SketchedRule
-from .sketch import basis, recover
 
 SEED = 0
 """Public seed for rows a site needs beyond the global's rank (and the round-one start)."""
@@ -29,6 +29,10 @@ class FlexLora(SketchedRule):
     """FlexLoRA with a sketched (secure) server half."""
 
     name = "flexlora"
+
+    def default_rank(self, ctx: RoundContext) -> int:
+        """FlexLoRA publishes at the cohort's largest rank unless configured."""
+        return ctx.max_rank
 
     def start(
         self,
@@ -49,14 +53,10 @@ class FlexLora(SketchedRule):
         glob: Aggregate | None,
         broadcast: Broadcast | None = None,
     ) -> Broadcast | Aggregate:
-        """Phase 0: broadcast Q. Phase 1: SVD of Q·M truncated to the publishing rank."""
-        check_phase(phase, self.phases, self.name)
-        if phase == 0:
-            self._basis = basis(sums, ctx)
-            return self._basis
-        rec = recover(sums, ctx, self._recovered_basis(broadcast))
-        rank = self.params.publish_rank or ctx.max_rank
-        adapter, info = refactor_cumulative(None, rec.products, rank, self.params.rtol)
-        info.update(self.info(ctx, rec.estimated_relative_error))
-        self._basis = None
+        """Last phase: SVD of Q·X truncated to the publishing rank; before it, broadcast Q."""
+        rec = self.sketched_sum(phase, sums, ctx, broadcast)
+        if isinstance(rec, Broadcast):
+            return rec
+        adapter, info, _ = refactor_cumulative(None, rec.products, self.params.cap(ctx.max_rank), self.params.rtol)
+        info.update(self.info(ctx, rec))
         return Aggregate(adapter=adapter, info=info)

@@ -1,15 +1,23 @@
-"""Secure stacking: FLoRA's exact Σ p_i s_i B_i A_i from secure sums only (this project; FLoRA,
-Wang et al. 2024, plus the randomized range finder of Halko, Martinsson & Tropp 2011).
+"""Secure stacking: FLoRA's Σ p_i s_i B_i A_i from secure sums only (this project; FLoRA,
+Wang et al. 2024, plus randomized sketching: Halko, Martinsson & Tropp 2011; Tropp et al. 2017).
 
-Sites train a fresh LoRA on base + the cumulative update as in ``stack``, then take part in two
-secure sums (``sketch``): phase 0 submits n_i·ΔW_i·Ω for a session-derived Gaussian Ω of width
-w = Σ r_i + oversampling, the server broadcasts Q = orth(Σ p_i ΔW_i Ω) (float64); phase 1 submits
-n_i·Qᵀ·ΔW_i and the server gets ΔW = Q·M, exact when w ≥ rank ΔW (always with the default
-width). The cumulative update (previous global + ΔW) is refactored by SVD to its numerical rank
-or ``publish_rank``; ``Aggregate.info`` carries the retained energy and the probe-based estimate
-of the sketch's relative error (≈ float rounding when exact, meaningful when ``width`` < Σ r_i).
+Sites train a fresh LoRA on base + the cumulative update as in ``stack``, then submit sketches of
+their update for a session-derived Gaussian Ω of width w = min(Σ r_i + oversampling, cap):
 
-Both phases must have the same participants: the orchestrator discards the round otherwise.
+* ``passes = 1`` (default, ``single_pass``): one secure sum of the range sketch ΔW_i·Ω, the
+  co-range sketch Ψ·ΔW_i and probes; the server solves for ΔW ≈ Q·X. A site dropping at any
+  stage only leaves the one sum, so rounds survive drops.
+* ``passes = 2`` (``sketch``): phase 0 sums ΔW_i·Ω, the server broadcasts Q = orth(Y); phase 1 sums
+  Qᵀ·ΔW_i. Slightly more accurate when w < rank ΔW, but both phases must have the same
+  participants (the orchestrator and the sites discard the round otherwise).
+
+Both are exact when w ≥ rank ΔW (w ≥ Σ r_i + oversampling, i.e. cohorts whose Σ r_i is below the
+cap); the cap (default: the published rank + oversampling) keeps each site's upload constant as
+the cohort grows, at the price of the near-optimal rank-w approximation of the round's update,
+whose error the probes estimate (``estimated_relative_error`` in the manifest). The cumulative
+update (previous global + ΔW + the fed-back remainder) is refactored by SVD to at most
+``publish_rank`` (64 by default) with the retained energy reported; the truncated remainder is
+kept for the next round (error feedback, ``stack.FeedbackMemory``).
 """
 
 from __future__ import annotations
@@ -23,8 +31,9 @@ from .base import Aggregate, Broadcast, LocalUpdate, RoundContext, TrainingPlan,
 from .fedit import check_phase, trained_adapter
 from .lowrank import refactor_cumulative
 from .rule_params import check_int
-from .sketch import MIN_OVERSAMPLING, SketchConfig, basis, projection_vectors, recover, sketch_vectors, sketch_width
-from .stack import StackParams, stacking_start
+from .single_pass import single_pass_recover, single_pass_vectors
+from .sketch import MIN_OVERSAMPLING, Recovered, SketchConfig, basis, projection_vectors, recover, sketch_vectors
+from .stack import DEFAULT_PUBLISH_RANK, FeedbackMemory, StackParams, stacking_start
 
 
 @dataclass(frozen=True)
@@ -39,6 +48,12 @@ class SketchParams(StackParams):
     """Probe columns for the a-posteriori error estimate."""
     float64: bool = False
     """Submit float64 vectors (needs the 64-bit ring under SecAgg)."""
+    passes: int = 1
+    """Secure sums per round: 1 (single-pass sketch, survives drops) or 2 (range finder + projection)."""
+    max_width: int | None = None
+    """Cap on the sketch width (None: the published rank + oversampling; 0: no cap, always exact)."""
+    corange: int | None = None
+    """Rows of the single-pass co-range sketch (None: 2w + 1)."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -49,22 +64,38 @@ class SketchParams(StackParams):
         check_int("probes", self.probes, 1)
         if not isinstance(self.float64, bool):
             raise ValueError(f"float64 must be a bool, got {self.float64!r}")
+        if self.passes not in (1, 2):
+            raise ValueError(f"passes must be 1 or 2, got {self.passes!r}")
+        if self.max_width is not None:
+            check_int("max_width", self.max_width, 0)
+        if self.corange is not None:
+            check_int("corange", self.corange, 1)
 
-    def sketch(self) -> SketchConfig:
-        """The sketch configuration both halves use."""
-        return SketchConfig(self.oversampling, self.width, self.probes, self.float64)
+    def sketch(self, default_rank: int = DEFAULT_PUBLISH_RANK) -> SketchConfig:
+        """The sketch configuration both halves use (``default_rank``: the rule's default published rank)."""
+        cap: int | None
+        if self.max_width is None:
+            rank = self.cap(default_rank)
+            cap = None if rank is None else rank + self.oversampling
+        else:
+            cap = self.max_width or None
+        return SketchConfig(self.oversampling, self.width, self.probes, self.float64, cap, self.corange)
 
 
 class SketchedRule:
-    """Shared client half and phase-0 server half of the two-phase sketch rules."""
+    """Shared client half and sketch server half of the sketched rules (one or two secure sums)."""
 
     name = "sketched"
-    phases = 2
 
     def __init__(self, params: SketchParams | None = None) -> None:
         """Keep the validated parameters."""
         self.params = params or SketchParams()
+        self.phases = self.params.passes
         self._basis: Broadcast | None = None
+
+    def default_rank(self, ctx: RoundContext) -> int:
+        """The rule's published rank when none is configured."""
+        return DEFAULT_PUBLISH_RANK
 
     def vectors(
         self,
@@ -75,12 +106,29 @@ class SketchedRule:
         broadcast: Broadcast | None,
         state: MutableMapping[str, Any] | None = None,
     ) -> Vectors:
-        """Phase 0: n·ΔW·Ω; phase 1: n·QᵀΔW and probe sketches."""
+        """Single pass: n·ΔW·Ω, n·Ψ·ΔW and probes. Two passes: phase 0 n·ΔW·Ω; phase 1 n·QᵀΔW and probes."""
         check_phase(phase, self.phases, self.name)
         adapter = trained_adapter(update, ctx)
+        cfg = self.params.sketch(self.default_rank(ctx))
+        if self.phases == 1:
+            return single_pass_vectors(adapter, n, ctx, cfg)
         if phase == 0:
-            return sketch_vectors(adapter, n, ctx, self.params.sketch())
-        return projection_vectors(adapter, n, ctx, self.params.sketch(), broadcast)
+            return sketch_vectors(adapter, n, ctx, cfg)
+        return projection_vectors(adapter, n, ctx, cfg, broadcast)
+
+    def sketched_sum(
+        self, phase: int, sums: Mapping[str, np.ndarray], ctx: RoundContext, broadcast: Broadcast | None
+    ) -> Broadcast | Recovered:
+        """Server: the phase-0 basis (two passes), or the recovered ΔW = Q·X (last phase)."""
+        check_phase(phase, self.phases, self.name)
+        if self.phases == 1:
+            return single_pass_recover(sums, ctx)
+        if phase == 0:
+            self._basis = basis(sums, ctx)
+            return self._basis
+        rec = recover(sums, ctx, self._recovered_basis(broadcast))
+        self._basis = None
+        return rec
 
     def _recovered_basis(self, broadcast: Broadcast | None) -> Broadcast:
         """The phase-0 basis: as passed back, or the copy this instance kept."""
@@ -89,18 +137,24 @@ class SketchedRule:
             raise ValueError("phase 1 needs the phase-0 broadcast (pass it, or use the same rule instance)")
         return q
 
-    def info(self, ctx: RoundContext, error: float) -> dict[str, Any]:
-        """Manifest facts about the sketch."""
-        widths = {m: sketch_width(ctx, m, self.params.oversampling, self.params.width) for m in ctx.shapes}
+    def info(self, ctx: RoundContext, rec: Recovered) -> dict[str, Any]:
+        """Manifest facts about the sketch (widths as the sites actually submitted them)."""
+        widths = {m: int(q.shape[1]) for m, (q, _) in rec.products.items()}
         exact = all(w >= min(ctx.total_rank, *ctx.shapes[m]) for m, w in widths.items())
         return {"rule": self.name, "sketch_width": max(widths.values()), "sketch_exact": exact,
-                "estimated_relative_error": error, "secure": True}
+                "sketch_passes": self.phases, "estimated_relative_error": rec.estimated_relative_error,
+                "secure": True}
 
 
 class SecureStack(SketchedRule):
     """Exact FLoRA stacking through two secure sums."""
 
     name = "secure-stack"
+
+    def __init__(self, params: SketchParams | None = None) -> None:
+        """Keep the validated parameters and the coordinator's error-feedback memory."""
+        super().__init__(params)
+        self.feedback = FeedbackMemory()
 
     def start(
         self,
@@ -121,16 +175,16 @@ class SecureStack(SketchedRule):
         glob: Aggregate | None,
         broadcast: Broadcast | None = None,
     ) -> Broadcast | Aggregate:
-        """Phase 0: broadcast Q. Phase 1: cumulative + Q·M, refactored by SVD."""
-        check_phase(phase, self.phases, self.name)
-        if phase == 0:
-            self._basis = basis(sums, ctx)
-            return self._basis
-        rec = recover(sums, ctx, self._recovered_basis(broadcast))
+        """Last phase: cumulative + Q·X (+ fed-back remainder), refactored by SVD; before it, broadcast Q."""
+        rec = self.sketched_sum(phase, sums, ctx, broadcast)
+        if isinstance(rec, Broadcast):
+            return rec
         prev = glob.adapter if glob is not None else None
-        adapter, info = refactor_cumulative(prev, rec.products, self.params.publish_rank, self.params.rtol)
-        info.update(self.info(ctx, rec.estimated_relative_error))
+        adapter, info, tail = refactor_cumulative(prev, rec.products, self.params.cap(), self.params.rtol,
+                                                  self.feedback.residual(glob), self.params.tail_rank())
+        info.update(self.info(ctx, rec))
         retained = float(info["retained_energy"])  # type: ignore[arg-type]
         info["estimated_total_error"] = (rec.estimated_relative_error**2 + max(0.0, 1.0 - retained)) ** 0.5
-        self._basis = None
-        return Aggregate(adapter=adapter, info=info)
+        agg = Aggregate(adapter=adapter, info=info)
+        self.feedback.keep(agg, tail)
+        return agg

@@ -41,10 +41,16 @@ def test_matrix(session: bytes, label: str, module: str, rows: int, cols: int) -
     return torch.from_numpy(gen.standard_normal((rows, cols)))
 
 
-def sketch_width(ctx: RoundContext, module: str, oversampling: int, width: int | None) -> int:
-    """Sketch columns for ``module``: Σ r_i + oversampling (or ``width``), capped at min(d, k)."""
+def sketch_width(ctx: RoundContext, module: str, oversampling: int, width: int | None, cap: int | None = None) -> int:
+    """Sketch columns for ``module``: Σ r_i + oversampling (or ``width``), at most ``cap`` and min(d, k).
+
+    The cap keeps a site's upload independent of the cohort: without it the width, and with it
+    every site's d×w + w×k upload, grows by r_i for every site that joins.
+    """
     d, k = ctx.shapes[module]
     wanted = width if width is not None else ctx.total_rank + oversampling
+    if cap is not None and width is None:
+        wanted = min(wanted, cap)
     return max(1, min(wanted, d, k))
 
 
@@ -56,6 +62,20 @@ class SketchConfig:
     width: int | None
     probes: int
     float64: bool
+    cap: int | None = None
+    """Largest width when ``width`` is not given (None: Σ r_i + oversampling, exact)."""
+    corange: int | None = None
+    """Rows of the single-pass co-range sketch Ψ·ΔW (None: 2w + 1, Tropp et al. 2017)."""
+
+    def width_of(self, ctx: RoundContext, module: str) -> int:
+        """The sketch width for ``module`` this round."""
+        return sketch_width(ctx, module, self.oversampling, self.width, self.cap)
+
+    def corange_of(self, ctx: RoundContext, module: str) -> int:
+        """Rows of the co-range sketch for ``module`` (≥ the width, at most d)."""
+        w = self.width_of(ctx, module)
+        d = ctx.shapes[module][0]
+        return max(w, min(self.corange if self.corange is not None else 2 * w + 1, d))
 
 
 def sketch_vectors(adapter: Adapter, n: int, ctx: RoundContext, cfg: SketchConfig) -> Vectors:
@@ -63,7 +83,7 @@ def sketch_vectors(adapter: Adapter, n: int, ctx: RoundContext, cfg: SketchConfi
     check_modules(adapter, ctx, "the trained adapter")
     out: Vectors = {N_KEY: count_vector(n)}
     for module, f in adapter.items():
-        omega = test_matrix(ctx.session, "range", module, f.A.shape[1], sketch_width(ctx, module, cfg.oversampling, cfg.width))
+        omega = test_matrix(ctx.session, "range", module, f.A.shape[1], cfg.width_of(ctx, module))
         y = f.scaling * (f.B.to(F64) @ (f.A.to(F64) @ omega))
         out[key(module, "Y")] = weighted(y, n, cfg.float64)
     return out

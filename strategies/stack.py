@@ -5,7 +5,9 @@ Each round every site trains a fresh LoRA on base + the cumulative update, and s
 factors **unweighted** (A_i, B_i, s_i, n_i). The server stacks them: A = [p_1 s_1 A_1; …; p_N s_N A_N],
 B = [B_1 … B_N], whose product is exactly Σ p_i s_i B_i A_i — any ranks, any scalings. The
 round's update is added to the previous cumulative update and the sum refactored by SVD
-(``lowrank``) to its numerical rank, or to ``publish_rank`` with the retained energy reported.
+(``lowrank``) to at most ``publish_rank`` (64 by default; ``numerical_rank`` = its full rank) with
+the retained energy reported. What the cap truncates away is kept by the coordinator and added
+back before the next truncation (error feedback, ``FeedbackMemory``), so it does not accumulate.
 
 This needs individual factors, so it is an ``IndividualRule``: plaintext only, never under
 secure aggregation (``secure-stack`` is the sums-only equivalent).
@@ -23,7 +25,7 @@ import torch
 
 from .base import N_KEY, Aggregate, LocalUpdate, RoundContext, TrainingPlan, Vectors
 from .fedit import trained_adapter
-from .lora import lora_scaling
+from .lora import Adapter, lora_scaling
 from .lowrank import refactor_cumulative
 from .rule_params import RuleParams, check_float, check_int
 from .submission import check_count, check_modules, key, site_rank
@@ -31,20 +33,74 @@ from .submission import check_count, check_modules, key, site_rank
 F64 = torch.float64
 
 
+DEFAULT_PUBLISH_RANK = 64
+"""Published-rank cap of the stacking rules unless configured (bench/scale.py measures the choice:
+serving engines take it — vLLM's ``max_lora_rank`` goes to 512 — and, with error feedback, the
+cumulative update's relative error vs the exact one stays at the optimal rank-64 error)."""
+
+
 @dataclass(frozen=True)
 class StackParams(RuleParams):
     """Parameters of the stacking rules."""
 
     publish_rank: int | None = None
-    """Truncate the published cumulative update to this rank (None: its numerical rank)."""
+    """Truncate the published update to this rank (None: the rule's default, 64 for stacking)."""
     rtol: float = 1e-5
     """Singular values below rtol·σ_max count as zero (float32 submissions leave such a tail)."""
+    error_feedback: bool = True
+    """Keep what the rank cap truncates away and add it to the next round's update."""
+    feedback_rank: int | None = None
+    """Directions of the truncated remainder kept for feedback (None: the published rank)."""
+    numerical_rank: bool = False
+    """Publish the full numerical rank, uncapped (it grows by Σ r_i every round); the old default."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.publish_rank is not None:
             check_int("publish_rank", self.publish_rank, 1)
         check_float("rtol", self.rtol, 0.0, 1.0)
+        if not isinstance(self.error_feedback, bool):
+            raise ValueError(f"error_feedback must be a bool, got {self.error_feedback!r}")
+        if self.feedback_rank is not None:
+            check_int("feedback_rank", self.feedback_rank, 0)
+        if not isinstance(self.numerical_rank, bool):
+            raise ValueError(f"numerical_rank must be a bool, got {self.numerical_rank!r}")
+
+    def cap(self, default: int = DEFAULT_PUBLISH_RANK) -> int | None:
+        """The published-rank cap (None: uncapped numerical rank)."""
+        if self.numerical_rank:
+            return None
+        return default if self.publish_rank is None else self.publish_rank
+
+    def tail_rank(self, default: int = DEFAULT_PUBLISH_RANK) -> int:
+        """How many truncated directions the coordinator keeps for error feedback (0: none)."""
+        cap = self.cap(default)
+        if not self.error_feedback or cap is None:
+            return 0
+        return cap if self.feedback_rank is None else self.feedback_rank
+
+
+class FeedbackMemory:
+    """The coordinator's error-feedback residual, used only with the global it was computed for.
+
+    It lives in the rule instance of the coordinator (sites never call ``combine``). A restart, a
+    discarded round or a failed publish leaves a different global object, and the residual is
+    then dropped rather than applied to the wrong state.
+    """
+
+    def __init__(self) -> None:
+        self._for: object | None = None
+        self._residual: Adapter | None = None
+
+    def residual(self, glob: Aggregate | None) -> Adapter | None:
+        """The residual belonging to ``glob`` (None if there is none or ``glob`` is another state)."""
+        if glob is None or glob.adapter is None or glob.adapter is not self._for:
+            return None
+        return self._residual
+
+    def keep(self, agg: Aggregate, residual: Adapter) -> None:
+        """Remember ``residual`` for the next round, which will start from ``agg``."""
+        self._for, self._residual = agg.adapter, residual or None
 
 
 def stacking_start(
@@ -66,6 +122,7 @@ class Stack:
     def __init__(self, params: StackParams | None = None) -> None:
         """Keep the validated parameters."""
         self.params = params or StackParams()
+        self.feedback = FeedbackMemory()
 
     def start(
         self,
@@ -109,6 +166,9 @@ class Stack:
                 bs.append(torch.from_numpy(np.asarray(v[key(m, "B")], dtype=np.float64)))
             products[m] = (torch.cat(bs, dim=1), torch.cat(as_, dim=0))
         prev = glob.adapter if glob is not None else None
-        adapter, info = refactor_cumulative(prev, products, self.params.publish_rank, self.params.rtol)
+        adapter, info, tail = refactor_cumulative(prev, products, self.params.cap(), self.params.rtol,
+                                                  self.feedback.residual(glob), self.params.tail_rank())
         info.update(rule=self.name, contributors=len(updates), samples=total, secure=False)
-        return Aggregate(adapter=adapter, info=info)
+        agg = Aggregate(adapter=adapter, info=info)
+        self.feedback.keep(agg, tail)
+        return agg

@@ -58,7 +58,7 @@ def _secure_sum(vectors: dict[str, dict[str, np.ndarray]], contexts: dict[str, b
 def test_a_different_q_for_one_site_yields_noise_not_a_sum(tmp_path: Path) -> None:
     ca, ids = _identities(tmp_path)
     g = torch.Generator().manual_seed(0)
-    rule = make_rule("secure-stack", {"float64": True})
+    rule = make_rule("secure-stack", {"float64": True, "passes": 2})  # the Q broadcast exists in the two-pass variant
     ctx = RoundContext(round=1, shapes=SHAPES, ranks={s: 2 for s in SITES}, session=b"s" * 32, params={})
     updates = {s: LocalUpdate(adapter={"layer.q": LoraFactors(A=torch.randn(2, 10, generator=g) * 0.1,
                                                               B=torch.randn(12, 2, generator=g) * 0.1, scaling=1.0)})

@@ -2,18 +2,22 @@
 
 * It equals plaintext ``stack`` on the same trained factors (each agent keeps an audit copy of
   its trained LoRA factors) within relative Frobenius error 1e-4, with mixed ranks.
-* A site dropping between the two secure sums discards the round: nothing from the first sum is
-  published.
+* A site dropping between the two secure sums of the two-pass variant (``passes = 2``) discards the
+  round: nothing from the first sum is published.
+* With the default single-pass sketch, a site killed after its masked input (where the two-pass rule
+  would have to discard) does not sink the round: it publishes, with that site's input (issue 15).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import pytest
@@ -74,16 +78,28 @@ def test_secure_stack_equals_plaintext_stack_on_the_same_factors(federation, tmp
     assert rel < 1e-4
 
 
-def test_site_dropping_between_the_two_sums_discards_the_round(federation, tmp_path: Path) -> None:
-    fed = federation(sites=3, rule="secure-stack", rounds=1, min_sites=3, min_contributors=2,
-                     timeouts=(240.0, 6.0), train={"local_steps": 2, "batch_size": 8, "lr": 3e-3})
+@contextlib.contextmanager
+def agent_processes(fed, tmp_path: Path) -> Iterator[list[subprocess.Popen]]:
+    """One ``fedquilt agent run`` process per site (so a test can SIGKILL one); all killed on exit."""
     point_agents_at(fed.files, fed.address)
     env = dict(os.environ, OMP_NUM_THREADS="1")
     procs = [subprocess.Popen([sys.executable, "-m", "fedquilt.cli.main", "agent", "run", "--no-progress", "--config",
                                str(cfg)], stdout=(tmp_path / f"a{i}.log").open("wb"), stderr=subprocess.STDOUT, env=env)
              for i, cfg in enumerate(fed.files.agent_configs)]
-    orch = fed.running.orchestrator
     try:
+        yield procs
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGKILL)
+            p.wait()
+
+
+def test_site_dropping_between_the_two_sums_discards_the_round(federation, tmp_path: Path) -> None:
+    fed = federation(sites=3, rule="secure-stack", rule_params={"passes": 2}, rounds=1, min_sites=3,
+                     min_contributors=2, timeouts=(240.0, 6.0), train={"local_steps": 2, "batch_size": 8, "lr": 3e-3})
+    orch = fed.running.orchestrator
+    with agent_processes(fed, tmp_path) as procs:
         deadline = time.monotonic() + 300
         while not (orch.current is not None and orch.current.phase == 1):
             assert time.monotonic() < deadline, "the second secure sum never started"
@@ -92,12 +108,35 @@ def test_site_dropping_between_the_two_sums_discards_the_round(federation, tmp_p
         while not orch.history:
             assert time.monotonic() < deadline, "round 1 never ended"
             time.sleep(0.05)
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.send_signal(signal.SIGKILL)
-            p.wait()
     first = orch.history[0]
     assert first["version"] is None and "discarded" in first, first
     assert "participants changed" in first["discarded"] or "need" in first["discarded"], first
     assert fed.running.store.versions(fed.files.model) == []  # nothing from the first sum was published
+
+
+def test_single_pass_round_survives_a_site_killed_during_the_secure_sum(federation, tmp_path: Path) -> None:
+    from fedquilt.coordinator.steps import Step
+
+    fed = federation(sites=3, rule="secure-stack", rounds=1, min_sites=3, min_contributors=2,
+                     timeouts=(240.0, 6.0), train={"local_steps": 2, "batch_size": 8, "lr": 3e-3})
+    orch = fed.running.orchestrator
+    with agent_processes(fed, tmp_path) as procs:
+        deadline = time.monotonic() + 300
+        def uploaded() -> bool:  # site-2's masked input is in the sum (the point where two passes could not go on)
+            c = orch.current.collector if orch.current is not None else None
+            stage = getattr(c, "stage", None)
+            return stage is Step.SECAGG_UNMASK or (stage is Step.SECAGG_MASKED and "site-2" in c.heard)
+
+        while not uploaded():
+            assert time.monotonic() < deadline and not orch.history, "site-2's masked input never arrived"
+            time.sleep(0.005)
+        procs[2].kill()  # site-2 has uploaded its masked input and vanishes before unmasking
+        assert not orch.history, "the round ended before the kill"
+        while not orch.history:
+            assert time.monotonic() < deadline, "round 1 never ended"
+            time.sleep(0.05)
+    first = orch.history[0]
+    assert first["version"] == "v0001", first  # the two-pass rule discards this round ("participants changed")
+    manifest = fed.running.store.manifest(fed.files.model, "v0001")
+    assert manifest["contributors"] == 3, manifest  # its masked input counts; the others' shares unmask it
+    assert manifest["secure_aggregation"]["sites"] == 3

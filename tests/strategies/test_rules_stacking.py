@@ -133,7 +133,7 @@ def test_omega_is_shared_and_session_bound():
 
 
 def test_phase_one_without_basis_is_refused():
-    rule = SecureStack()
+    rule = SecureStack(SketchParams(passes=2))
     sites = cohort(HOMOGENEOUS, seed=21)
     with pytest.raises(ValueError, match="broadcast"):
         rule.vectors(1, LocalUpdate(adapter=sites["s1"][0]), 3, context(HOMOGENEOUS), None)
