@@ -92,6 +92,8 @@ class RoundPair:
 
     def run_round(self, *, skip_training: set[str] = frozenset()) -> None:  # type: ignore[assignment]
         """Open a round, let every site but ``skip_training`` train and upload, and close it."""
+        for site in self.sites.values():
+            self._poll(site)  # every site is alive and long-polling between rounds (the heartbeat)
         self.orch.tick()
         rnd = self.orch.current
         assert rnd is not None, "the round did not open"
