@@ -43,7 +43,7 @@ def test_round_waits_for_sites_enrolled_before_a_restart() -> None:
     _hello(orch, "site-1")
     orch.tick()
     assert orch.status()["current_round"] is None  # site-2 is known from state: wait for it
-    clock.t = 110.0
+    clock.t = 105.0  # within offline_after: site-0 and site-1 are still online
     _hello(orch, "site-2")
     orch.tick()
     assert orch.status()["current_round"]["cohort"] == ["site-0", "site-1", "site-2"]
