@@ -141,6 +141,7 @@ def _run(args: argparse.Namespace) -> int:
     from .preflight import PreflightError, check_tls
 
     cfg = load_agent_config(args.config)
+    _ranks(cfg)  # a configuration no process can run (DP-SGD under several processes) is refused first
     try:
         check_tls(cfg.tls.ca, cfg.tls.cert, cfg.tls.key, "site")
     except PreflightError as exc:

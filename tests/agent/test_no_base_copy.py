@@ -78,7 +78,7 @@ def test_three_stacking_rounds_make_no_copy_of_the_base(tiny_workspace: Workspac
               f"(base + one step = {baseline:.0f} MiB, base {base_mib:.0f} MiB)")
         if bound == "within":
             assert ratio <= 1.10, f"resident base peaked at {ratio:.3f}x base + one step: {run}"
-        else:  # the measurement sees a copy: the old path holds a second base during every round
-            assert peaks[-1] - baseline > 0.8 * base_mib, f"copy path {run}, base {base_mib:.0f} MiB"
+        else:  # the measurement can fail: the old path, holding a second base every round, breaks the same bound
+            assert ratio > 1.10, f"copy path {run}, base {base_mib:.0f} MiB"
     for got, want in zip(new["published"], old["published"]):  # type: ignore[call-overload]
         assert rel_err(got, want) < 1e-4  # float association (W·x + ΔW·x), amplified a little by Adam
