@@ -4,9 +4,17 @@ Per phase: ``DECLARE_LAYOUT`` computes the phase's vectors (to learn their names
 ``SECAGG_ADVERTISE`` opens a fresh ``ClientSession`` (fresh keys and self-mask seed for every sum),
 ``SECAGG_SHARE`` verifies every peer's signed advertisement and recomputes the vectors bound to the
 session id (sketch matrices are derived from it), ``SECAGG_MASKED`` uploads the masked ring vector,
-``SECAGG_UNMASK`` reveals shares only after the client's own checks. From the second phase on the
+``SECAGG_CONSISTENCY`` signs the survivor set shown, ``SECAGG_UNMASK`` reveals shares only after
+the client's own checks (>= floor valid signatures on that same set). From the second phase on the
 pairwise masks are bound to H(broadcast), so a coordinator that sends different broadcasts to
 different sites gets noise, not a sum.
+
+The site's ``[privacy]`` policy (``secure_agg.ClientPolicy``, raised to the round spec's
+``min_contributors``) is checked by the client session at every stage; from phase 1 on, the
+session also requires exactly the survivors this site signed in phase 0 (a site that dropped in
+between would otherwise let the coordinator compute its own sketch). A refused stage is logged
+once and reported with ``Submit.refusal``; nothing more is sent for that sum. Before advertising
+keys the site refreshes the CA-signed CRL (``Download(CRL)``) and keeps the newest valid one.
 """
 
 from __future__ import annotations
@@ -17,7 +25,9 @@ import os
 import logging
 from typing import Any
 
+import grpc
 import numpy as np
+from cryptography import x509
 
 from .. import secure_agg as sa
 from ..proto import codec
@@ -32,9 +42,16 @@ log = logging.getLogger("fedquilt.agent.secagg")
 class SecureSumClient:
     """Handles every ``SECAGG_*`` / ``DECLARE_LAYOUT`` step for one site."""
 
-    def __init__(self, ca_pem: bytes, cert_pem: bytes, key_pem: bytes) -> None:
+    def __init__(self, ca_pem: bytes, cert_pem: bytes, key_pem: bytes, policy: sa.ClientPolicy | None = None) -> None:
         self.ca_pem, self.cert_pem = ca_pem, cert_pem
         self.key = sa.load_signing_key(key_pem)
+        self.policy = policy or sa.ClientPolicy()
+        """This site's ``[privacy]`` floor; only ever raised by a round spec."""
+        self.revocations: sa.RevocationSet | None = None
+        """The newest CA-signed CRL this site has seen."""
+        self._ca_cert = x509.load_pem_x509_certificate(ca_pem)
+        self._first_phase: tuple[str, frozenset[sa.SiteId]] | None = None
+        """(round id, the survivor set this site signed in phase 0): phase k > 0 must have exactly these."""
         self.session: sa.ClientSession | None = None
         self._phase_key: tuple[str, int] | None = None
         self._cached: tuple[tuple[str, int, bytes], dict[str, np.ndarray]] | None = None
@@ -42,7 +59,39 @@ class SecureSumClient:
         self._noise_rng = np.random.Generator(np.random.PCG64(int.from_bytes(os.urandom(16), "big")))
 
     def __call__(self, loop: Any, work: Any, task: pb.Task) -> None:
-        """Do one step of the current round's secure sum."""
+        """Do one step of the current round's secure sum; a step below this site's policy is refused."""
+        try:
+            self._step(loop, work, task)
+        except sa.SecAggError as exc:
+            self.session = None
+            log.error("round %s phase %d: refusing %s: %s", task.round_id, task.phase, pb.StepKind.Name(task.kind), exc)
+            loop.transport.submit(pb.SubmitRequest(round_id=task.round_id, step=task.step, kind=task.kind,
+                                                   refusal=f"{type(exc).__name__}: {exc}"[:500]))
+
+    def _policy(self, work: Any, task: pb.Task) -> sa.ClientPolicy:
+        """This site's policy raised to the federation's minimum; phase k > 0 requires phase 0's survivors."""
+        secagg = work.spec.secagg or {}
+        policy = self.policy.at_least(int(secagg.get("min_contributors", 0) or 0))
+        if task.phase > 0:
+            if self._first_phase is None or self._first_phase[0] != task.round_id:
+                raise sa.PolicyRefusal(f"phase {task.phase} of round {task.round_id}: this site holds no first-phase "
+                                       "survivor set to check the participants against")
+            policy = dataclasses.replace(policy, required_members=self._first_phase[1])
+        return policy
+
+    def _refresh_crl(self, loop: Any) -> None:
+        try:
+            fetched = sa.load_crl(loop.transport.download(pb.DownloadRequest.CRL), self._ca_cert)
+        except grpc.RpcError as exc:
+            log.warning("could not fetch the CRL (%s); keeping the one held", exc.code().name)
+            return
+        except sa.InvalidSignature as exc:
+            log.error("the coordinator served a CRL this site rejects (%s); keeping the one held", exc)
+            return
+        if fetched.newer_than(self.revocations):
+            self.revocations = fetched
+
+    def _step(self, loop: Any, work: Any, task: pb.Task) -> None:
         kind = task.kind
         if kind == pb.DECLARE_LAYOUT:
             vectors = self._vectors(loop, work, task.phase, work.ctx)
@@ -53,8 +102,10 @@ class SecureSumClient:
             context = b""
             if task.phase > 0:
                 context = work.broadcast_digests[task.phase]
+            policy = self._policy(work, task)
+            self._refresh_crl(loop)
             self.session = sa.ClientSession(sa.SiteId(loop.site), self.key, self.cert_pem, self.ca_pem,
-                                            mask_context=context)
+                                            mask_context=context, policy=policy, revocations=self.revocations)
             reply = self._session(task).handle(codec.decode_secagg("Announce", task.payload))
             self._submit(loop, task, reply)
         elif kind == pb.SECAGG_SHARE:
@@ -76,6 +127,12 @@ class SecureSumClient:
             if session.clipped:
                 log.warning("round %s phase %d: %d values were clipped to the declared range", task.round_id,
                             task.phase, session.clipped)
+        elif kind == pb.SECAGG_CONSISTENCY:
+            session = self._session(task)
+            reply = session.handle(codec.decode_secagg("ConsistencyRequest", task.payload))
+            if task.phase == 0 and session.survivors is not None:
+                self._first_phase = (task.round_id, session.survivors)
+            self._submit(loop, task, reply)
         elif kind == pb.SECAGG_UNMASK:
             session = self._session(task)
             reply = session.handle(codec.decode_secagg("UnmaskRequest", task.payload))

@@ -235,6 +235,17 @@ class Orchestrator:
             rnd.collector.message(site, kind, payload)
             self._cond.notify_all()
 
+    def secagg_refusal(self, site: SiteId, round_id: str, step: int, kind: Step, reason: str) -> None:
+        """A site declines a secure-sum stage under its own privacy policy (recorded; the sum goes on without it)."""
+        with self._cond:
+            rnd = self._round_for(site, round_id)
+            if rnd.stage is not RoundStage.PHASE or isinstance(rnd.collector, PlainCollector):
+                raise StaleStep(f"round {round_id} is not in a secure sum")
+            self._expect(site, step, kind)
+            rnd.collector.refuse(site, kind, reason)
+            self._event("secagg_refused", round_id=round_id, site=site, stage=kind.value)
+            self._cond.notify_all()
+
     # ---- operator-facing ----------------------------------------------------------------------
 
     def set_running(self, running: bool) -> None:
@@ -332,7 +343,8 @@ class Orchestrator:
     def _secagg_spec(self, cohort: set[SiteId]) -> dict[str, Any]:
         # Sites divide every submitted value by this public constant so weighted values stay inside the
         # declared clip range (p_i = n_i/Σn is unchanged: the sample counts are divided too).
-        spec: dict[str, Any] = {"weight_scale": float(sum(self.sites[s].num_samples for s in cohort))}
+        spec: dict[str, Any] = {"weight_scale": float(sum(self.sites[s].num_samples for s in cohort)),
+                                "min_contributors": max(2, self._min_participants(None))}  # sites may only raise it
         if self.site_noise is not None:
             spec["site_noise"] = {"sigma": self.site_noise["sigma"], "clip": self.site_noise["clip"], "sites": len(cohort)}
         return spec
@@ -351,7 +363,7 @@ class Orchestrator:
                 "noise_multiplier": self.site_noise["sigma"], "clip": self.site_noise["clip"], "releases": releases,
                 "sample_rate": round(rate, 4)}
 
-    def _min_participants(self, rnd: RoundRecord) -> int:
+    def _min_participants(self, rnd: RoundRecord | None) -> int:
         # The secure sum enforces its own threshold t on top of this.
         if self.fed.min_contributors is not None:
             return int(self.fed.min_contributors)
