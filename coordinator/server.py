@@ -153,7 +153,7 @@ def _start_locked(cfg: CoordinatorConfig, metrics: Metrics, rule: Any, tick_seco
         FederationServicer(orch, authz, cfg.server.max_upload_bytes, cfg.server.long_poll_seconds, metrics, chunk,
                            crl_path=crl), server)
     pb_grpc.add_ModelsServicer_to_server(  # type: ignore[no-untyped-call]  # generated, untyped
-        ModelsServicer(store, authz, metrics, chunk), server)
+        ModelsServicer(store, authz, metrics, chunk, crl_path=crl), server)
     pb_grpc.add_AdminServicer_to_server(  # type: ignore[no-untyped-call]  # generated, untyped
         AdminServicer(orch, authz, metrics), server)
     health_servicer = health.HealthServicer()

@@ -134,9 +134,11 @@ class ModelsServicer(pb_grpc.ModelsServicer):
     """Consumers pull published versions."""
 
     def __init__(self, store: FileModelStore, authz: Authorizer, metrics: Metrics,
-                 chunk_bytes: int = codec.CHUNK_BYTES) -> None:
+                 chunk_bytes: int = codec.CHUNK_BYTES, crl_path: Path | None = None) -> None:
         self.store, self.authz, self.metrics = store, authz, metrics
         self.chunk_bytes = chunk_bytes
+        self.crl_path = crl_path
+        """Streamed as ``crl.pem`` after a version's files: the consumer checks the manifest signer against it."""
 
     def ListVersions(self, request: pb.ListVersionsRequest, context: grpc.ServicerContext) -> pb.VersionList:
         with translated(context, "ListVersions", self.metrics):
@@ -157,6 +159,8 @@ class ModelsServicer(pb_grpc.ModelsServicer):
             files = {"manifest.json": json.dumps(manifest, indent=2, sort_keys=True).encode()}
             for name in sorted(manifest["files"]):
                 files[name] = self.store.read(request.model, version, name)
+            if self.crl_path is not None and self.crl_path.exists() and "crl.pem" not in files:
+                files["crl.pem"] = self.crl_path.read_bytes()
         for name, body in files.items():
             for chunk in codec.chunks(body, self.chunk_bytes):
                 yield pb.FileChunk(path=name, data=chunk.data, offset=chunk.offset, file_size=chunk.total_size,
