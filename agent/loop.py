@@ -49,6 +49,8 @@ class RoundWork:
     broadcasts: dict[int, Broadcast] = field(default_factory=dict)
     broadcast_digests: dict[int, bytes] = field(default_factory=dict)
     """sha256 of each broadcast exactly as downloaded (binds the next secure sum's masks to it)."""
+    metrics: dict[str, Any] = field(default_factory=dict)
+    """This site's training/eval metrics; under SecAgg they travel only inside the first secure sum."""
 
 
 class AgentLoop:
@@ -164,7 +166,13 @@ class AgentLoop:
                                    "eval_loss": _finite(result.eval_loss)}
         if self.privacy is not None:
             metrics["dp"] = self.privacy.report_of(result)  # refuses a result trained without DP
-        self.work = RoundWork(spec=spec, rule=rule, ctx=ctx, update=result.update, n=result.n_samples)
+        self.work = RoundWork(spec=spec, rule=rule, ctx=ctx, update=result.update, n=result.n_samples,
+                              metrics=dict(metrics))
+        if spec.secagg is not None:
+            # Under secure aggregation no per-site value computed from data leaves in the clear: the losses go
+            # through the secure sum (agent/secure_sum.py); only the DP report (a property of this site's
+            # configuration and public sample count) is sent.
+            metrics = {k: v for k, v in metrics.items() if k == "dp"}
         if self.keep_submissions and result.update.adapter:
             from ..strategies.adapters import save_peft
 

@@ -20,7 +20,6 @@ keys the site refreshes the CA-signed CRL (``Download(CRL)``) and keeps the newe
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import logging
 from typing import Any
@@ -33,6 +32,7 @@ from .. import secure_agg as sa
 from ..proto import codec
 from ..proto import federation_pb2 as pb
 from ..proto import tensors_pb2 as tpb
+from ..strategies import cohort_metrics
 from ..strategies.base import N_KEY, RoundContext
 from .site_noise import clip_and_noise_update
 
@@ -113,7 +113,7 @@ class SecureSumClient:
             reply = session.handle(codec.decode_secagg("AdvertisementsRelay", task.payload))
             assert session.session_id is not None
             bound = dataclasses.replace(work.ctx, session=session.session_id)
-            vectors = self._vectors(loop, work, task.phase, bound)
+            vectors = self._vectors(loop, work, task.phase, bound, session.params.clip if session.params else None)
             loop.audit(task.round_id, task.phase, vectors)
             session.set_input(vectors)
             self._submit(loop, task, reply)
@@ -136,21 +136,23 @@ class SecureSumClient:
         elif kind == pb.SECAGG_UNMASK:
             session = self._session(task)
             reply = session.handle(codec.decode_secagg("UnmaskRequest", task.payload))
-            # Only the count of this site's clipped values travels (for the coordinator's metrics), never which.
-            self._submit(loop, task, reply, metrics_json=json.dumps({"clipped": int(session.clipped or 0)}))
+            # Nothing beside the shares: this site's clipped count travelled inside the first secure sum.
+            self._submit(loop, task, reply)
 
     def _session(self, task: pb.Task) -> sa.ClientSession:
         if self.session is None or self._phase_key != (task.round_id, task.phase):
             raise RuntimeError(f"no secure sum open for round {task.round_id} phase {task.phase}")
         return self.session
 
-    def _submit(self, loop: Any, task: pb.Task, reply: Any, metrics_json: str = "") -> None:
+    def _submit(self, loop: Any, task: pb.Task, reply: Any) -> None:
         loop.transport.submit(pb.SubmitRequest(round_id=task.round_id, step=task.step, kind=task.kind,
-                                               payload=codec.encode_secagg(reply), metrics_json=metrics_json))
+                                               payload=codec.encode_secagg(reply)))
 
-    def _vectors(self, loop: Any, work: Any, phase: int, ctx: RoundContext) -> dict[str, np.ndarray]:
+    def _vectors(self, loop: Any, work: Any, phase: int, ctx: RoundContext,
+                 clip: float | None = None) -> dict[str, np.ndarray]:
         """The phase's vectors divided by the round's public weight scale (keeps them inside the clip range),
-        clipped and noised for site-level DP when the federation asks for it (computed once per phase)."""
+        clipped and noised for site-level DP when the federation asks for it (computed once per phase); phase 0
+        also carries this site's metrics (``strategies/cohort_metrics.py``), so none travels in the clear."""
         key = (work.spec.round_id, phase, ctx.session)
         if self._cached is not None and self._cached[0] == key:
             return self._cached[1]
@@ -166,5 +168,11 @@ class SecureSumClient:
             if clipped:
                 log.info("round %s phase %d: update clipped to L2 norm %s for site-level DP", work.spec.round_id,
                          phase, noise["clip"])
+        if phase == 0:
+            over = 0 if clip is None else sum(int(np.count_nonzero(np.abs(v) > clip)) for v in vectors.values())
+            dp = getattr(loop, "privacy", None) is not None or bool(noise)
+            reported = {k: v for k, v in getattr(work, "metrics", {}).items()
+                        if k in cohort_metrics.NAMES and not (dp and k in cohort_metrics.TRAINING_NAMES)}
+            vectors.update(cohort_metrics.pack(reported, float(work.n), scale, clipped=over))
         self._cached = (key, vectors)
         return vectors

@@ -80,6 +80,8 @@ class RoundRecord:
     """Encoded broadcast sent to sites before each phase (the coordinator keeps the decoded one too)."""
     broadcast_objs: dict[int, Broadcast] = field(default_factory=dict)
     started: float = 0.0
+    cohort_metrics: dict[str, Any] = field(default_factory=dict)
+    """Cohort means of the metrics summed securely in phase 0 (under SecAgg no per-site metric is kept)."""
 
 
 class Publisher(Protocol):
@@ -422,8 +424,10 @@ class Orchestrator:
                                "publishing would reveal a dropped site's sketch")
             return
         rnd.participants = contributors
-        ctx = self._context(rnd)
         collector = rnd.collector
+        if rnd.phase == 0 and hasattr(collector, "cohort_metrics"):
+            rnd.cohort_metrics = dict(collector.cohort_metrics())
+        ctx = self._context(rnd)
         try:
             if isinstance(self.rule, IndividualRule):
                 outcome: Broadcast | Aggregate = self.rule.combine_individual(collector.individual, ctx, self.glob)
@@ -468,6 +472,9 @@ class Orchestrator:
             "loss_after": _mean(m.get("loss_after") for m in metrics.values()),
             "eval_loss": _mean(m.get("eval_loss") for m in metrics.values()),
         }
+        if self.secure:  # cohort aggregates from the secure sum only; no per-site metric is used
+            entry.update({k: rnd.cohort_metrics.get(k) for k in ("loss_before", "loss_after", "eval_loss")})
+            entry["clipped"] = int(rnd.cohort_metrics.get("clipped") or 0)
         self.history.append(entry)
         log.info("round %d published as %s (%d contributors)", rnd.number, version, len(rnd.participants),
                  extra={"round": rnd.number, "version": version})

@@ -30,6 +30,7 @@ import numpy as np
 
 from .. import secure_agg as sa
 from ..proto import codec
+from ..strategies import cohort_metrics
 from .collect import check_names
 from .config import CoordinatorConfig
 from .errors import Duplicate, InvalidRequest, StaleStep
@@ -198,9 +199,15 @@ class SecureSum:
     # ---- results ------------------------------------------------------------------------------
 
     def result(self) -> dict[str, np.ndarray]:
-        """The decoded float sums (the only thing the coordinator learns)."""
+        """The decoded float sums for the rule (the cohort-metric vectors are split off: ``cohort_metrics``)."""
         assert self.result_ is not None
-        return {k: np.asarray(v, np.float64) for k, v in self.result_.sums.items()}
+        rule, _ = cohort_metrics.split(self.result_.sums)
+        return {k: np.asarray(v, np.float64) for k, v in rule.items()}
+
+    def cohort_metrics(self) -> dict[str, float | int | None]:
+        """n-weighted cohort means of the metrics the sites summed securely (empty if they sent none)."""
+        assert self.result_ is not None
+        return cohort_metrics.split(self.result_.sums)[1]
 
     def contributors(self) -> set[SiteId]:
         """Sites whose masked inputs are in the sum."""

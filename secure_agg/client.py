@@ -45,6 +45,7 @@ from .messages import (
     EncryptedShares, KeyAdvertisement, MaskedInput, RevealedShares, ServerMessage, SharesRelay, SiteId, Stage,
     UnmaskRequest,
 )
+from .params import SecAggParams
 from .policy import ClientPolicy
 from .prg import apply_masks
 from .quantize import quantize
@@ -96,6 +97,12 @@ class ClientSession:
     def session_id(self) -> bytes | None:
         """The session id, known once every advertisement has been verified (stage SHARE_KEYS)."""
         return self._sid or None
+
+    @property
+    def params(self) -> SecAggParams | None:
+        """The announced parameters (known once the announcement was accepted)."""
+        announce = getattr(self, "_announce", None)
+        return None if announce is None else announce.params
 
     @property
     def stage(self) -> Stage:

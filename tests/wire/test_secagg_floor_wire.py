@@ -8,50 +8,31 @@ from __future__ import annotations
 
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
-from conftest import MAX_MESSAGE_BYTES, MAX_UPLOAD_BYTES, Wire, _edit_config
 from cryptography import x509
 
 from fedquilt import secure_agg as sa
-from fedquilt.agent.basemodel import fingerprint
 from fedquilt.agent.secure_sum import SecureSumClient
 from fedquilt.agent.transport import Transport
-from fedquilt.cli.federation_files import write_federation
-from fedquilt.coordinator import server
-from fedquilt.coordinator.config import CoordinatorConfig, load_config
+from fedquilt.coordinator.config import CoordinatorConfig
 from fedquilt.coordinator.pki import Role, issue, revoke
 from fedquilt.proto import codec
 from fedquilt.proto import federation_pb2 as pb
 
 
 @pytest.fixture
-def quick(tmp_path: Path, wire_workspace: Any) -> Iterator[Any]:
+def quick(coordinator: Any) -> Any:
     """Factory: a SecAgg coordinator for two sites whose stages close after ``stage`` seconds."""
-    started: list[Wire] = []
-
-    def start(stage: float = 1.5, **fed: Any) -> Wire:
-        files = write_federation(tmp_path / f"fed{len(started)}", wire_workspace, secagg=True, min_sites=2,
-                                 timeouts=(60.0, stage), rounds=1, **fed)
-        _edit_config(files.coordinator_config, {"max_upload_bytes": MAX_UPLOAD_BYTES,
-                                                "max_message_bytes": MAX_MESSAGE_BYTES, "long_poll_seconds": 1.0})
-        wire = Wire(files, server.start(load_config(files.coordinator_config), tick_seconds=0.02),
-                    fingerprint(wire_workspace.model_dir))
-        started.append(wire)
-        return wire
-
-    yield start
-    for wire in started:
-        wire.close()
-        wire.running.stop(grace=0.1)
+    return lambda stage=1.5: coordinator(secagg=True, timeouts=(60.0, stage))
 
 
-def _layout(w: Wire) -> bytes:
+def _layout(w: Any) -> bytes:
     return codec.encode_layout(codec.layout_of(w.tensors()))
 
 
-def _submit(w: Wire, who: str, task: pb.Task, **fields: Any) -> pb.Ack:
+def _submit(w: Any, who: str, task: pb.Task, **fields: Any) -> pb.Ack:
     base: dict[str, Any] = {"round_id": task.round_id, "step": task.step, "kind": task.kind, **fields}
     return w.fed(who).Submit(pb.SubmitRequest(**base), timeout=5)
 
