@@ -91,6 +91,10 @@ def write_federation(
         }
         if dp is not None:
             agent["dp"] = dp
+        if secagg and n == 2:
+            # A two-site federation is below every site's default [privacy] floor of 3 (each site could subtract
+            # its own update from the published aggregate): these generated sites opt in explicitly.
+            agent["privacy"] = {"min_secure_sum_sites": 2}
         path = root / site.name / "agent.toml"
         path.write_text(tomli_w.dumps(agent))
         agents.append(path)

@@ -80,6 +80,8 @@ class RoundRecord:
     """Encoded broadcast sent to sites before each phase (the coordinator keeps the decoded one too)."""
     broadcast_objs: dict[int, Broadcast] = field(default_factory=dict)
     started: float = 0.0
+    site_noise_sigmas: list[float] = field(default_factory=list)
+    """Effective site-level noise multiplier of every secure sum decoded in this round (dropouts weaken it)."""
     cohort_metrics: dict[str, Any] = field(default_factory=dict)
     """Cohort means of the metrics summed securely in phase 0 (under SecAgg no per-site metric is kept)."""
 
@@ -352,18 +354,29 @@ class Orchestrator:
         return spec
 
     def _site_level_privacy(self, rnd: RoundRecord) -> dict[str, Any] | None:
-        """Site-level (ε, δ) of every secure sum released so far (an upper bound: discarded rounds count too)."""
+        """Site-level (ε, δ) of every secure sum decoded so far, with the noise actually in it (strategies/site_dp)."""
         if self.site_noise is None:
             return None
-        from ..agent.site_noise import site_level_epsilon
+        from ..strategies.site_dp import MODEL, site_level_epsilon
 
         phases = int(getattr(self.rule, "phases", 1))
-        releases = phases * (1 + sum(1 for h in self.history))
-        rate = len(rnd.cohort) / max(len(self.sites), 1)
-        eps = site_level_epsilon(self.site_noise["sigma"], releases, rate, self.site_noise["delta"])
+        sigmas: list[float] = []
+        for entry in self.history:  # rounds recorded before this accounting: every phase at the nominal σ
+            sigmas.extend(entry.get("site_noise_sigmas", [self.site_noise["sigma"]] * phases))
+        sigmas.extend(rnd.site_noise_sigmas)
+        eps = site_level_epsilon(sigmas, self.site_noise["delta"])
         return {"epsilon": eps if eps != float("inf") else None, "delta": self.site_noise["delta"],
-                "noise_multiplier": self.site_noise["sigma"], "clip": self.site_noise["clip"], "releases": releases,
-                "sample_rate": round(rate, 4)}
+                "noise_multiplier": self.site_noise["sigma"], "clip": self.site_noise["clip"], "releases": len(sigmas),
+                "effective_noise_multipliers": [round(x, 6) for x in rnd.site_noise_sigmas], "sample_rate": 1.0,
+                "model": MODEL}
+
+    def _record_release(self, rnd: RoundRecord, contributors: set[SiteId]) -> None:
+        """One secure sum was decoded: the site-level noise in it is only the contributors' shares."""
+        if self.site_noise is not None and self.secure:
+            from ..strategies.site_dp import effective_sigma
+
+            spec_sites = int((rnd.spec.secagg or {}).get("site_noise", {}).get("sites", len(rnd.cohort)))
+            rnd.site_noise_sigmas.append(effective_sigma(self.site_noise["sigma"], len(contributors), spec_sites))
 
     def _min_participants(self, rnd: RoundRecord | None) -> int:
         # The secure sum enforces its own threshold t on top of this.
@@ -416,6 +429,7 @@ class Orchestrator:
         self._finish_phase(rnd, contributors, now)
 
     def _finish_phase(self, rnd: RoundRecord, contributors: set[SiteId], now: float) -> None:
+        self._record_release(rnd, contributors)
         if len(contributors) < self._min_participants(rnd):
             self._discard(rnd, f"phase {rnd.phase}: {len(contributors)} sites contributed, need {self._min_participants(rnd)}")
             return
@@ -472,6 +486,8 @@ class Orchestrator:
             "loss_after": _mean(m.get("loss_after") for m in metrics.values()),
             "eval_loss": _mean(m.get("eval_loss") for m in metrics.values()),
         }
+        if self.site_noise is not None:
+            entry["site_noise_sigmas"] = list(rnd.site_noise_sigmas)
         if self.secure:  # cohort aggregates from the secure sum only; no per-site metric is used
             entry.update({k: rnd.cohort_metrics.get(k) for k in ("loss_before", "loss_after", "eval_loss")})
             entry["clipped"] = int(rnd.cohort_metrics.get("clipped") or 0)
@@ -483,7 +499,8 @@ class Orchestrator:
 
     def _discard(self, rnd: RoundRecord, why: str) -> None:
         log.warning("round %d discarded: %s", rnd.number, why, extra={"round": rnd.number})
-        self.history.append({"round": rnd.number, "version": None, "discarded": why})
+        self.history.append({"round": rnd.number, "version": None, "discarded": why,
+                             **({"site_noise_sigmas": rnd.site_noise_sigmas} if self.site_noise is not None else {})})
         self._event("round_discarded", round=rnd.number, reason=why, round_id=rnd.spec.round_id)
         self._close(rnd, f"discarded: {why}")
 
