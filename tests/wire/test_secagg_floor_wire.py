@@ -107,3 +107,22 @@ def test_secure_aggregation_refuses_a_floor_of_one(tmp_path: Path, fed: dict[str
         CoordinatorConfig.model_validate(raw)
     raw["secagg"] = {**secagg, "enabled": False}
     CoordinatorConfig.model_validate(raw)  # without secure aggregation nothing claims a sum
+
+
+@pytest.mark.parametrize("role", [Role.COORDINATOR, Role.ADMIN])
+def test_coordinator_refuses_an_advertisement_from_a_non_site_certificate(quick: Any, tmp_path: Path,
+                                                                         role: Role) -> None:
+    """A certificate named like the site but with another role (OU) cannot advertise secure-sum keys."""
+    w = quick(stage=30.0)
+    tasks = w.next_stage(w.open_round(), pb.DECLARE_LAYOUT)
+    for who, task in tasks.items():
+        assert _submit(w, who, task, payload=_layout(w)).accepted
+    task = w.wait_for("site-0", pb.SECAGG_ADVERTISE, tasks["site-0"].step)
+    other = issue(w.files.ca_dir, tmp_path / "other", "site-0", role, hosts=("localhost",))
+    ca = (w.files.ca_dir / "ca.pem").read_bytes()
+    posing = sa.ClientSession(sa.SiteId("site-0"), sa.load_signing_key(other.key.read_bytes()), other.cert.read_bytes(),
+                              ca, policy=sa.ClientPolicy(min_sites=2))
+    ad = posing.handle(codec.decode_secagg("Announce", task.payload))
+    before = w.snapshot()
+    assert w.refused(lambda: _submit(w, "site-0", task, payload=codec.encode_secagg(ad))).name == "INVALID_ARGUMENT"
+    assert w.snapshot() == before
