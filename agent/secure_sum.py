@@ -173,6 +173,6 @@ class SecureSumClient:
             dp = getattr(loop, "privacy", None) is not None or bool(noise)
             reported = {k: v for k, v in getattr(work, "metrics", {}).items()
                         if k in cohort_metrics.NAMES and not (dp and k in cohort_metrics.TRAINING_NAMES)}
-            vectors.update(cohort_metrics.pack(reported, float(work.n), scale, clipped=over))
+            vectors.update(cohort_metrics.pack(reported, float(work.n), scale, clipped=over, clip=clip or 1.0))
         self._cached = (key, vectors)
         return vectors

@@ -65,7 +65,8 @@ def write_federation(
         "federation": {
             "name": "demo", "model": model, "base_fingerprint": fingerprint(ws.model_dir), "task": ws.task,
             "rule": rule, "rule_params": rule_params or {}, "rounds": rounds,
-            "min_sites": min_sites if min_sites is not None else max(1, min(2, n)),
+            # Under secagg a round opens only with as many sites as the sites' default [privacy] floor (3) asks.
+            "min_sites": min_sites if min_sites is not None else (min(n, 3) if secagg else max(1, min(2, n))),
             **({"min_contributors": min_contributors} if min_contributors is not None else {}),
             "train": train or {"local_steps": 12, "batch_size": 8, "lr": 3e-3},
             "train_timeout": timeouts[0], "stage_timeout": timeouts[1], "wait_for_sites": 30.0, "seed": 0,

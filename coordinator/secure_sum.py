@@ -206,8 +206,8 @@ class SecureSum:
 
     def cohort_metrics(self) -> dict[str, float | int | None]:
         """n-weighted cohort means of the metrics the sites summed securely (empty if they sent none)."""
-        assert self.result_ is not None
-        return cohort_metrics.split(self.result_.sums)[1]
+        assert self.result_ is not None and self.session is not None
+        return cohort_metrics.split(self.result_.sums, self.session.params.clip)[1]
 
     def contributors(self) -> set[SiteId]:
         """Sites whose masked inputs are in the sum."""

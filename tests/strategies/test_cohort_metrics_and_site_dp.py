@@ -16,13 +16,13 @@ def test_sum_of_packed_metrics_gives_weighted_means_and_total_clipped() -> None:
     sites = [({"loss_before": 2.0, "loss_after": 1.0, "eval_loss": 1.5, "steps": 4}, 30, 3),
              ({"loss_before": 4.0, "loss_after": 2.0, "eval_loss": None, "steps": 4}, 10, 0),
              ({"loss_before": 3.0, "loss_after": 1.5, "eval_loss": 2.5, "steps": 4}, 60, 12)]
-    scale = 100.0
-    packed = [cohort_metrics.pack(m, n, scale, clipped=c) for m, n, c in sites]
+    scale, clip = 100.0, 0.5
+    packed = [cohort_metrics.pack(m, n, scale, clipped=c, clip=clip) for m, n, c in sites]
     assert {k for k in packed[0]} == {cohort_metrics.PREFIX + k for k in cohort_metrics.NAMES} | {cohort_metrics.CLIPPED}
-    assert all(np.all(np.abs(v) <= 8.0) for p in packed for v in p.values())  # inside the default clip range
+    assert all(np.all(np.abs(v) <= clip) for p in packed for v in p.values())  # inside the declared range
     sums = {k: sum(p[k] for p in packed) for k in packed[0]}
     sums["__n__"] = np.array([1.0])
-    rule, cohort = cohort_metrics.split(sums)
+    rule, cohort = cohort_metrics.split(sums, clip)
     assert rule == {"__n__": sums["__n__"]}
     assert cohort["loss_before"] == pytest.approx((2 * 30 + 4 * 10 + 3 * 60) / 100, abs=1e-5)
     assert cohort["eval_loss"] == pytest.approx((1.5 * 30 + 2.5 * 60) / 90, abs=1e-5)  # weighted over the sites that report
