@@ -77,6 +77,25 @@ class DataSection(_Strict):
     eval: Path | None = None
 
 
+# ---- [privacy]: this site's own floor under every round (issue 11; the coordinator can only raise it) ----
+class PrivacySection(_Strict):
+    """What this site insists on before it advertises keys, shares, masks, reveals or trains (docs/privacy.md).
+
+    The coordinator's announcements are checked against these values; a round below them is refused
+    with one log line and a ``Submit.refusal`` the coordinator records. Nothing is revealed.
+    """
+
+    min_secure_sum_sites: int = Field(3, ge=2)
+    """Smallest secure sum this site takes part in (cohort, advertisers, sharers, survivors, signers);
+    the federation's ``min_contributors`` from the round spec raises it, never lowers it."""
+    min_threshold_fraction: float = Field(0.5, ge=0.5, lt=1.0)
+    """The announced SecAgg threshold must be above this fraction of the cohort (an honest majority at least)."""
+    min_dp_batch_size: int = Field(8, ge=1)
+    """With DP on: smallest training batch size accepted from the coordinator."""
+    min_dp_eval_batches: int = Field(4, ge=1)
+    """With DP on: fewest evaluation batches accepted (the eval metric is summed securely, but still)."""
+
+
 class AgentConfig(_Strict):
     """The whole agent configuration file."""
 
@@ -91,6 +110,8 @@ class AgentConfig(_Strict):
     seed: int | None = None
     keep_submissions: bool = False
     """Audit copy: keep every vector this site submitted (before masking) under state_dir/submissions."""
+    privacy: PrivacySection = PrivacySection()
+    """This site's privacy floor (``[privacy]``); safe defaults."""
 
     # -- typed [dp] (issue 13): a typo is refused at start, naming the allowed keys --
     @field_validator("dp")

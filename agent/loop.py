@@ -51,6 +51,8 @@ class RoundWork:
     broadcasts: dict[int, Broadcast] = field(default_factory=dict)
     broadcast_digests: dict[int, bytes] = field(default_factory=dict)
     """sha256 of each broadcast exactly as downloaded (binds the next secure sum's masks to it)."""
+    metrics: dict[str, Any] = field(default_factory=dict)
+    """This site's training/eval metrics; under SecAgg they travel only inside the first secure sum."""
 
 
 class AgentLoop:
@@ -73,6 +75,8 @@ class AgentLoop:
         self.work: RoundWork | None = None
         self.rounds_trained = 0
         self._global_cache: tuple[str | None, Any] = ("", None)
+        self.privacy_floor: Any = None
+        """The site's ``[privacy]`` section (agent/config.py); with DP on, rounds below its batch sizes are refused."""
         transport.on_reconnect = self._reconnected
 
     # ---- lifecycle ----------------------------------------------------------------------------
@@ -144,6 +148,12 @@ class AgentLoop:
         glob = self._global(spec.global_version)
         plan = rule.start(glob, ctx, self.site, self.alpha, state=self.rule_state)
         hp = TrainHyper.model_validate(spec.train)
+        refusal = self._dp_refusal(hp)
+        if refusal:
+            # No submit: the coordinator's training deadline moves the round on without this site.
+            log.error("round %d: refusing to train under DP: %s ([privacy] in agent.toml)", spec.round, refusal)
+            self.work = None
+            return
         log.info("round %d: training (rule %s, rank %d)", spec.round, spec.rule, plan.rank)
         try:
             with RoundWatch(self.transport, task.step) as stop:  # `admin stop` interrupts training (issue 13)
@@ -165,7 +175,13 @@ class AgentLoop:
                                    "eval_loss": _finite(result.eval_loss)}
         if self.privacy is not None:
             metrics["dp"] = self.privacy.report_of(result)  # refuses a result trained without DP
-        self.work = RoundWork(spec=spec, rule=rule, ctx=ctx, update=result.update, n=result.n_samples)
+        self.work = RoundWork(spec=spec, rule=rule, ctx=ctx, update=result.update, n=result.n_samples,
+                              metrics=dict(metrics))
+        if spec.secagg is not None:
+            # Under secure aggregation no per-site value computed from data leaves in the clear: the losses go
+            # through the secure sum (agent/secure_sum.py); only the DP report (a property of this site's
+            # configuration and public sample count) is sent.
+            metrics = {k: v for k, v in metrics.items() if k == "dp"}
         if self.keep_submissions and result.update.adapter:
             from ..strategies.adapters import save_peft
 
@@ -174,6 +190,17 @@ class AgentLoop:
         log.info("round %d: loss %.4f -> %.4f", spec.round, result.loss_before, result.loss_after)
         self.transport.submit(pb.SubmitRequest(round_id=task.round_id, step=task.step, kind=pb.TRAIN,
                                                metrics_json=json.dumps(metrics)))
+
+    def _dp_refusal(self, hp: TrainHyper) -> str:
+        """Why this site's [privacy] floor refuses these hyper-parameters under DP ("" if it does not)."""
+        floor = self.privacy_floor
+        if self.privacy is None or floor is None:
+            return ""
+        if hp.batch_size < floor.min_dp_batch_size:
+            return f"batch_size {hp.batch_size} is below min_dp_batch_size {floor.min_dp_batch_size}"
+        if hp.eval_batches is not None and hp.eval_batches < floor.min_dp_eval_batches:
+            return f"eval_batches {hp.eval_batches} is below min_dp_eval_batches {floor.min_dp_eval_batches}"
+        return ""
 
     def _vectors(self, work: RoundWork, phase: int, ctx: RoundContext) -> dict[str, Any]:
         if isinstance(work.rule, IndividualRule):

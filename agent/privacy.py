@@ -54,7 +54,7 @@ from .privacy_ledger import (
     merge_history,
     accountant_epsilon,
 )
-from .site_noise import clip_and_noise_update, site_level_epsilon
+from .site_noise import clip_and_noise_update, site_level_epsilon_amplified as site_level_epsilon
 
 __all__ = [
     "Accountant", "BudgetExhausted", "ClipMode", "DPConfig", "HistoryEntry", "PrivacyError", "PrivacyLedger",

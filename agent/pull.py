@@ -9,8 +9,8 @@ from typing import Any
 
 import grpc
 
-from ..coordinator import manifest as manifests
 from ..proto import federation_pb2 as pb
+from ..proto import manifest as manifests
 from ..proto import federation_pb2_grpc as pb_grpc
 from .pull_folder import check_target, write_folder
 
@@ -27,6 +27,28 @@ def parse_ref(ref: str) -> tuple[str, str]:
     if not model:
         raise ValueError(f"expected MODEL[:VERSION], got {ref!r}")
     return model, version or "latest"
+
+
+CRL_NAME = "crl.pem"
+"""The CA-signed revocation list the coordinator streams beside a version (not part of the version)."""
+
+
+def verify_manifest(manifest: dict[str, Any], ca_pem: bytes, served_crl: bytes | None, local_crl: bytes | None) -> str:
+    """``manifests.verify`` with the newest valid CRL of the two (a CRL not signed by the CA is an error)."""
+    from cryptography import x509
+
+    from ..secure_agg import load_crl
+
+    ca = x509.load_pem_x509_certificate(ca_pem)
+    held = None
+    for pem in (local_crl, served_crl):
+        if pem is not None:
+            try:
+                crl = load_crl(pem, ca)
+            except Exception as exc:
+                raise PullError(f"revocation list rejected: {exc}") from None
+            held = crl if crl.newer_than(held) else held
+    return manifests.verify(manifest, ca_pem, revocations=held)
 
 
 def _receive(stream: Any) -> tuple[str, dict[str, bytes]]:
@@ -67,16 +89,18 @@ def _checked_base(base: str | None, manifest: dict[str, Any]) -> str | None:
     return str(path.resolve())
 
 
-def pull(chan: grpc.Channel, model: str, ref: str, out_dir: Path, ca_pem: bytes, *, force: bool = False,
-         base: str | None = None) -> dict[str, Any]:
-    """Download, verify (hashes, signature against the CA), then write ``out_dir`` (see ``write_folder``)."""
+def pull(chan: grpc.Channel, model: str, ref: str, out_dir: Path, ca_pem: bytes, crl_pem: bytes | None = None, *,
+         force: bool = False, base: str | None = None) -> dict[str, Any]:
+    """Download, verify (hashes; signature by a current, unrevoked coordinator certificate of the CA), then write
+    ``out_dir`` (see ``write_folder``). ``crl_pem``: a CA-signed CRL held locally; the coordinator also streams its
+    own (``crl.pem``, checked against the CA) and the newer of the two is used."""
     check_target(out_dir, model, force=force)  # before the download: a refused folder costs nothing
     stub = pb_grpc.ModelsStub(chan)  # type: ignore[no-untyped-call]  # generated, untyped
     version, files = _receive(stub.Pull(pb.PullRequest(model=model, version=ref), timeout=600))
     if "manifest.json" not in files:
         raise PullError("the coordinator sent no manifest.json")
     manifest = json.loads(files.pop("manifest.json"))
-    manifests.verify(manifest, ca_pem)
+    verify_manifest(manifest, ca_pem, files.pop(CRL_NAME, None), crl_pem)
     manifests.check_files(manifest, files)
     if manifest.get("version") != version:
         raise PullError(f"manifest says version {manifest.get('version')!r}, stream says {version!r}")

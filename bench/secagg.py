@@ -56,6 +56,7 @@ from fedquilt.secure_agg import (  # noqa: E402
     ClientSession, MaskedInput, ServerSession, SiteId, VectorLayout, default_params,
 )
 from fedquilt.secure_agg.graph import neighbours  # noqa: E402
+from fedquilt.secure_agg.transcript import derive_graph_seed  # noqa: E402
 from fedquilt.secure_agg.prg import CHUNK_BYTES  # noqa: E402
 
 T = TypeVar("T")
@@ -120,18 +121,20 @@ def keystream_rate(nbytes: int, repeats: int = 3) -> list[float]:
 
 def make_identities(n: int) -> tuple[bytes, list[tuple[SiteId, ec.EllipticCurvePrivateKey, bytes]]]:
     """An in-memory federation CA and ``n`` site certificates (EC P-256)."""
-    def name(cn: str) -> x509.Name:
-        return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+    def name(cn: str, role: str | None = None) -> x509.Name:
+        ou = [x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, role)] if role else []
+        return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn), *ou])
 
-    def cert(subject: str, key: ec.EllipticCurvePrivateKey, issuer_key: ec.EllipticCurvePrivateKey) -> bytes:
-        built = (x509.CertificateBuilder().subject_name(name(subject)).issuer_name(name("bench CA"))
+    def cert(subject: str, key: ec.EllipticCurvePrivateKey, issuer_key: ec.EllipticCurvePrivateKey,
+             role: str | None = "site") -> bytes:
+        built = (x509.CertificateBuilder().subject_name(name(subject, role)).issuer_name(name("bench CA"))
                  .public_key(key.public_key()).serial_number(x509.random_serial_number())
                  .not_valid_before(NOW - dt.timedelta(days=1)).not_valid_after(NOW + dt.timedelta(days=1))
                  .sign(issuer_key, hashes.SHA256()))
         return built.public_bytes(serialization.Encoding.PEM)
 
     ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_pem = cert("bench CA", ca_key, ca_key)
+    ca_pem = cert("bench CA", ca_key, ca_key, role=None)
     sites = []
     for i in range(n):
         key = ec.generate_private_key(ec.SECP256R1())
@@ -155,7 +158,8 @@ def run_session(n: int, k: int | None, dropped: set[int], size: int, identities:
     for site, client in clients.items():
         server.receive(site, client.handle(relay))
     routed = server.route_shares()
-    graph = neighbours([s for s, _, _ in sites], params.degree, server.nonce)
+    assert server.session_id is not None  # the graph is seeded by the session id (every advertised key)
+    graph = neighbours([s for s, _, _ in sites], params.degree, derive_graph_seed(server.session_id))
     client_times, client_walls, add_times, ratios, float_sum, wire = [], [], [], [], np.zeros(size), 0.0
     for i, (site, _, _) in enumerate(sites):
         if i in dropped:
@@ -173,13 +177,26 @@ def run_session(n: int, k: int | None, dropped: set[int], size: int, identities:
         wire = masked.vector.nbytes / size
         add_times.append(clocked(lambda: server.receive(site, masked))[0])
         del masked, x
+    # Consistency round (Bonawitz et al.): each survivor signs the survivor set; the server checks each
+    # signature; each site checks >= t of them before revealing. Timed apart: what it adds to a session.
+    consistency = server.request_consistency()
+    sign_times, check_times = [], []
+    for site in consistency.survivors:
+        cpu, _, signed = clocked(lambda: clients[site].handle(consistency))
+        sign_times.append(cpu)
+        check_times.append(clocked(lambda: server.receive(site, signed))[0])
     request = server.request_unmask()
-    for site in request.survivors:
-        server.receive(site, clients[site].handle(request))
+    reveal_times = []
+    for site, _ in request.signatures:
+        cpu, _, revealed = clocked(lambda: clients[site].handle(request))  # includes verifying the signatures
+        reveal_times.append(cpu)
+        server.receive(site, revealed)
     server_s, server_wall, result = clocked(server.finish)
     err = result.sums["x"].reshape(-1) - float_sum
     assert np.abs(err).max() <= len(result.contributors) / params.scale, "secure sum disagrees with the float sum"
     return {"client_times": client_times, "client_walls": client_walls, "server_s": server_s, "ratios": ratios,
+            "consistency_client_s": statistics.median(sign_times), "consistency_server_s": sum(check_times),
+            "reveal_client_s": statistics.median(reveal_times),
             "server_wall": server_wall, "add_s": statistics.median(add_times),
             "bytes_per_value": wire, "client_masks": 1 + len(graph[sites[0][0]]), "frac_bits": params.frac_bits,
             "max_abs_err": float(np.abs(err).max()), "rms_err": float(np.sqrt(np.mean(err**2))),
@@ -200,6 +217,9 @@ def run_ours(cfg: dict[str, Any], size: int, sessions: int, identities: Any) -> 
         "max_abs_err": max(r["max_abs_err"] for r in runs), "rms_err": statistics.median(r["rms_err"] for r in runs),
         "client_samples": sum(len(r["client_times"]) for r in runs), "server_samples": len(runs),
         "client_bound_ratio": statistics.median(x for r in runs for x in r["ratios"]),
+        "consistency_client_s": statistics.median(r["consistency_client_s"] for r in runs),
+        "consistency_server_s": statistics.median(r["consistency_server_s"] for r in runs),
+        "reveal_client_s": statistics.median(r["reveal_client_s"] for r in runs),
     }
 
 
@@ -233,7 +253,8 @@ def make_configs(quick: bool) -> list[dict[str, Any]]:
 
 def table(rows: list[dict[str, Any]], rate: float) -> str:
     head = (f"{'n':>4} {'k':>3} {'drop':>5} | {'client s':>18} {'x':>5} | {'server unmask s':>18} {'x':>5} | "
-            f"{'add/input s':>13} | {'B/value':>9} | {'max |err|':>19} | {'client/bound':>12}")
+            f"{'add/input s':>13} | {'B/value':>9} | {'max |err|':>19} | {'client/bound':>12} | "
+            f"{'consistency: sign/site, verify all (server), check+reveal/site s':>22}")
     lines = [f"AES-256-CTR keystream: {rate / 2**30:.2f} GiB/s per CPU second (one core, reused 128 KiB buffer)",
              "times: process CPU seconds, median of repeats (the 2-core machine is shared; wall times in the JSON)",
              head, "-" * len(head)]
@@ -244,7 +265,8 @@ def table(rows: list[dict[str, Any]], rate: float) -> str:
             f"{r['client_speedup']:>5.1f} | {o['server_unmask_s']:>8.3f} {f['server_unmask_s']:>9.3f} "
             f"{r['server_speedup']:>5.1f} | {o['accumulate_s_per_input']:>6.3f} {f['accumulate_s_per_input']:>6.3f} | "
             f"{o['bytes_per_value']:>4.1f} {f['bytes_per_value']:>4.1f} | {o['max_abs_err']:>9.2e} {f['max_abs_err']:>9.2e} | "
-            f"{o['client_bound_ratio']:>12.2f}")
+            f"{o['client_bound_ratio']:>12.2f} | {o['consistency_client_s']:.4f} {o['consistency_server_s']:.4f} "
+            f"{o['reveal_client_s']:.4f}")
     lines.append("columns: fedquilt then Flower; x = Flower time / fedquilt time; client/bound: each client's time over "
                  "(k+1) masks at the keystream rate measured just before and after it (median)")
     return "\n".join(lines)

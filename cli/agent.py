@@ -95,10 +95,15 @@ def _agent_loop(cfg: Any, trainer: Any, data: Any, eval_data: Any, privacy: Any,
     hello = hello_request(trainer, fingerprint(cfg.model.dir), data.n, cfg.model.rank, cfg.model.alpha, cfg.model.task,
                           __version__)
     from ..agent.secure_sum import SecureSumClient
+    from ..secure_agg import ClientPolicy
 
-    secure = SecureSumClient(cfg.tls.ca.read_bytes(), cfg.tls.cert.read_bytes(), cfg.tls.key.read_bytes())
-    return AgentLoop(transport, trainer, data, hello, cfg.model.alpha, cfg.state_dir, eval_data=eval_data,
+    policy = ClientPolicy(min_sites=cfg.privacy.min_secure_sum_sites,
+                          min_threshold_fraction=cfg.privacy.min_threshold_fraction)
+    secure = SecureSumClient(cfg.tls.ca.read_bytes(), cfg.tls.cert.read_bytes(), cfg.tls.key.read_bytes(), policy)
+    loop = AgentLoop(transport, trainer, data, hello, cfg.model.alpha, cfg.state_dir, eval_data=eval_data,
                      privacy=privacy, secure_sum=secure, progress=progress, keep_submissions=cfg.keep_submissions)
+    loop.privacy_floor = cfg.privacy
+    return loop
 
 
 # ---- several processes per site (issue 16): torchrun / accelerate launch ---------------------------------

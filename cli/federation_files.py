@@ -65,7 +65,8 @@ def write_federation(
         "federation": {
             "name": "demo", "model": model, "base_fingerprint": fingerprint(ws.model_dir), "task": ws.task,
             "rule": rule, "rule_params": rule_params or {}, "rounds": rounds,
-            "min_sites": min_sites if min_sites is not None else max(1, min(2, n)),
+            # Under secagg a round opens only with as many sites as the sites' default [privacy] floor (3) asks.
+            "min_sites": min_sites if min_sites is not None else (min(n, 3) if secagg else max(1, min(2, n))),
             **({"min_contributors": min_contributors} if min_contributors is not None else {}),
             "train": train or {"local_steps": 12, "batch_size": 8, "lr": 3e-3},
             "train_timeout": timeouts[0], "stage_timeout": timeouts[1], "wait_for_sites": 30.0, "seed": 0,
@@ -91,6 +92,10 @@ def write_federation(
         }
         if dp is not None:
             agent["dp"] = dp
+        if secagg and n == 2:
+            # A two-site federation is below every site's default [privacy] floor of 3 (each site could subtract
+            # its own update from the published aggregate): these generated sites opt in explicitly.
+            agent["privacy"] = {"min_secure_sum_sites": 2}
         path = root / site.name / "agent.toml"
         path.write_text(tomli_w.dumps(agent))
         agents.append(path)

@@ -14,7 +14,7 @@ def register(sub: Any) -> None:
     p = sub.add_parser(
         "pull", help="download a published adapter version as a PEFT folder",
         description="Stream a published version over mutual TLS, check every file's sha256 and the coordinator's "
-                    "signature against the federation CA, and write a folder that "
+                    "signature (a current, unrevoked coordinator certificate of the federation CA), and write a folder that "
                     "peft.PeftModel.from_pretrained(base, DIR) loads as it is. A new folder is written beside DIR and "
                     "renamed into place; an existing one must be empty or an earlier pull of the same model (or give "
                     "--force). Files pull did not write are never deleted.")
@@ -27,6 +27,8 @@ def register(sub: Any) -> None:
                    help="base model for adapter_config.json's base_model_name_or_path, so that "
                         "AutoPeftModelForCausalLM.from_pretrained(DIR) loads it; a local folder is fingerprinted and "
                         "must be the federation's base")
+    p.add_argument("--crl", type=Path, help="the CA's signed revocation list (PEM) held locally; the coordinator "
+                                            "also streams one, and the newer valid one is used")
     add_connection_args(p)
     p.set_defaults(func=_pull)
 
@@ -39,7 +41,8 @@ def _pull(args: argparse.Namespace) -> int:
     conn = connection_of(args)
     model, ref = parse_ref(args.ref)
     with conn.plain_errors(f"pull {model}:{ref}"):
-        manifest = pull(conn.channel(), model, ref, args.out, conn.ca.read_bytes(), force=args.force, base=args.base)
+        manifest = pull(conn.channel(), model, ref, args.out, conn.ca.read_bytes(),
+                        args.crl.read_bytes() if args.crl else None, force=args.force, base=args.base)
     print(f"pulled {model}:{manifest['version']} (round {manifest['round']}, rule {manifest['rule']}, "
           f"{manifest['contributors']} contributors) into {args.out}")
     if args.base is None:

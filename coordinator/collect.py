@@ -12,6 +12,7 @@ from typing import Iterable, Mapping
 import numpy as np
 
 from ..proto.codec import decode_tensors
+from ..strategies.cohort_metrics import is_metric
 from ..strategies.base import N_KEY
 from .errors import Duplicate, InvalidRequest
 from .steps import SiteId
@@ -87,6 +88,6 @@ def check_names(site: str, layout: Mapping[str, tuple[int, ...]], modules: froze
         return
     if N_KEY not in layout:
         raise InvalidRequest(f"{site} submitted no sample count ({N_KEY!r})")
-    bad = sorted(k for k in layout if k != N_KEY and k.rsplit("/", 1)[0] not in modules)
+    bad = sorted(k for k in layout if k != N_KEY and not is_metric(k) and k.rsplit("/", 1)[0] not in modules)
     if bad:
         raise InvalidRequest(f"{site} submitted vectors for modules this round does not train: {bad[:3]}")

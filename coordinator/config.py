@@ -136,6 +136,20 @@ class CoordinatorConfig(_Strict):
             raise ValueError(f"federation.cohort_size ({c}) must be >= federation.min_sites ({self.federation.min_sites})")
         return self
 
+    # ---- secure aggregation floor (issue 11): a "sum" of one site is that site's update ----
+    @model_validator(mode="after")
+    def _secure_sum_floor(self) -> "CoordinatorConfig":
+        if not self.secagg.enabled:
+            return self
+        if self.federation.min_sites < 2:
+            raise ValueError("federation.min_sites must be >= 2 under secure aggregation (a sum over one site is "
+                             "that site's update); set secagg.enabled = false to run without it")
+        if self.federation.min_contributors is not None and self.federation.min_contributors < 2:
+            raise ValueError("federation.min_contributors must be >= 2 under secure aggregation")
+        if self.secagg.threshold is not None and self.secagg.threshold < 2:
+            raise ValueError("secagg.threshold must be >= 2 (threshold 1 lets one site's update be decoded)")
+        return self
+
 
 def check_address(v: str) -> str:
     """``HOST:PORT`` (IPv6 as ``[::1]:PORT``) with a port in 0..65535, else a ValueError saying so."""

@@ -92,6 +92,9 @@ class Metrics:
             log.debug("metrics ignore round event %r", event)
 
     def _count_published(self, facts: Mapping[str, Any]) -> None:
+        clipped = facts.get("clipped")  # the cohort's total from the secure sum (no site reports its own)
+        if isinstance(clipped, int) and not isinstance(clipped, bool) and clipped > 0:
+            self.clipped_values.inc(clipped)
         dropouts, seconds = facts.get("dropouts"), facts.get("seconds")
         if isinstance(dropouts, int) and dropouts >= 0:
             self.dropouts.inc(dropouts)

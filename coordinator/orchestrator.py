@@ -98,6 +98,10 @@ class RoundRecord:
     """Trained sites that close the training stage early (the cohort without its over-selected extras)."""
     released: set[SiteId] = field(default_factory=set)
     """Over-selected sites still training when enough had finished: sent ROUND_DONE, no longer in the cohort."""
+    site_noise_sigmas: list[float] = field(default_factory=list)
+    """Effective site-level noise multiplier of every secure sum decoded in this round (dropouts weaken it)."""
+    cohort_metrics: dict[str, Any] = field(default_factory=dict)
+    """Cohort means of the metrics summed securely in phase 0 (under SecAgg no per-site metric is kept)."""
 
 
 class Publisher(Protocol):
@@ -269,6 +273,17 @@ class Orchestrator:
             rnd.collector.message(site, kind, payload)
             self._cond.notify_all()
 
+    def secagg_refusal(self, site: SiteId, round_id: str, step: int, kind: Step, reason: str) -> None:
+        """A site declines a secure-sum stage under its own privacy policy (recorded; the sum goes on without it)."""
+        with self._cond:
+            rnd = self._round_for(site, round_id)
+            if rnd.stage is not RoundStage.PHASE or isinstance(rnd.collector, PlainCollector):
+                raise StaleStep(f"round {round_id} is not in a secure sum")
+            self._expect(site, step, kind)
+            rnd.collector.refuse(site, kind, reason)
+            self._event("secagg_refused", round_id=round_id, site=site, stage=kind.value)
+            self._cond.notify_all()
+
     # ---- operator-facing ----------------------------------------------------------------------
 
     def set_running(self, running: bool) -> None:
@@ -400,26 +415,38 @@ class Orchestrator:
     def _secagg_spec(self, cohort: set[SiteId]) -> dict[str, Any]:
         # Sites divide every submitted value by this public constant so weighted values stay inside the
         # declared clip range (p_i = n_i/Σn is unchanged: the sample counts are divided too).
-        spec: dict[str, Any] = {"weight_scale": float(sum(self.sites[s].num_samples for s in cohort))}
+        spec: dict[str, Any] = {"weight_scale": float(sum(self.sites[s].num_samples for s in cohort)),
+                                "min_contributors": max(2, self._min_participants(None))}  # sites may only raise it
         if self.site_noise is not None:
             spec["site_noise"] = {"sigma": self.site_noise["sigma"], "clip": self.site_noise["clip"], "sites": len(cohort)}
         return spec
 
     def _site_level_privacy(self, rnd: RoundRecord) -> dict[str, Any] | None:
-        """Site-level (ε, δ) of every secure sum released so far (an upper bound: discarded rounds count too)."""
+        """Site-level (ε, δ) of every secure sum decoded so far, with the noise actually in it (strategies/site_dp)."""
         if self.site_noise is None:
             return None
-        from ..agent.site_noise import site_level_epsilon
+        from ..strategies.site_dp import MODEL, site_level_epsilon
 
         phases = int(getattr(self.rule, "phases", 1))
-        releases = phases * (1 + sum(1 for h in self.history))
-        rate = len(rnd.cohort) / max(len(self.sites), 1)
-        eps = site_level_epsilon(self.site_noise["sigma"], releases, rate, self.site_noise["delta"])
+        sigmas: list[float] = []
+        for entry in self.history:  # rounds recorded before this accounting: every phase at the nominal σ
+            sigmas.extend(entry.get("site_noise_sigmas", [self.site_noise["sigma"]] * phases))
+        sigmas.extend(rnd.site_noise_sigmas)
+        eps = site_level_epsilon(sigmas, self.site_noise["delta"])
         return {"epsilon": eps if eps != float("inf") else None, "delta": self.site_noise["delta"],
-                "noise_multiplier": self.site_noise["sigma"], "clip": self.site_noise["clip"], "releases": releases,
-                "sample_rate": round(rate, 4)}
+                "noise_multiplier": self.site_noise["sigma"], "clip": self.site_noise["clip"], "releases": len(sigmas),
+                "effective_noise_multipliers": [round(x, 6) for x in rnd.site_noise_sigmas], "sample_rate": 1.0,
+                "model": MODEL}
 
-    def _min_participants(self, rnd: RoundRecord) -> int:
+    def _record_release(self, rnd: RoundRecord, contributors: set[SiteId]) -> None:
+        """One secure sum was decoded: the site-level noise in it is only the contributors' shares."""
+        if self.site_noise is not None and self.secure:
+            from ..strategies.site_dp import effective_sigma
+
+            spec_sites = int((rnd.spec.secagg or {}).get("site_noise", {}).get("sites", len(rnd.cohort)))
+            rnd.site_noise_sigmas.append(effective_sigma(self.site_noise["sigma"], len(contributors), spec_sites))
+
+    def _min_participants(self, rnd: RoundRecord | None) -> int:
         # The secure sum enforces its own threshold t on top of this.
         if self.fed.min_contributors is not None:
             return int(self.fed.min_contributors)
@@ -481,6 +508,7 @@ class Orchestrator:
 
     def _finish_phase(self, rnd: RoundRecord, contributors: set[SiteId], now: float) -> None:
         self._event("stage_finished", stage=f"phase{rnd.phase}", seconds=now - rnd.stage_started, round=rnd.number)
+        self._record_release(rnd, contributors)
         if len(contributors) < self._min_participants(rnd):
             self._discard(rnd, f"phase {rnd.phase}: {_sites(len(contributors))} contributed, need {self._min_participants(rnd)}")
             return
@@ -489,8 +517,10 @@ class Orchestrator:
                                "publishing would reveal a dropped site's sketch")
             return
         rnd.participants = contributors
-        ctx = self._context(rnd)
         collector = rnd.collector
+        if rnd.phase == 0 and hasattr(collector, "cohort_metrics"):
+            rnd.cohort_metrics = dict(collector.cohort_metrics())
+        ctx = self._context(rnd)
         try:
             if isinstance(self.rule, IndividualRule):
                 outcome: Broadcast | Aggregate = self.rule.combine_individual(collector.individual, ctx, self.glob)
@@ -539,6 +569,11 @@ class Orchestrator:
             "loss_after": _mean(m.get("loss_after") for m in metrics.values()),
             "eval_loss": _mean(m.get("eval_loss") for m in metrics.values()),
         }
+        if self.site_noise is not None:
+            entry["site_noise_sigmas"] = list(rnd.site_noise_sigmas)
+        if self.secure:  # cohort aggregates from the secure sum only; no per-site metric is used
+            entry.update({k: rnd.cohort_metrics.get(k) for k in ("loss_before", "loss_after", "eval_loss")})
+            entry["clipped"] = int(rnd.cohort_metrics.get("clipped") or 0)
         self.history.append(entry)
         published_facts = {"round_id": rnd.spec.round_id, "published_at": _utc_now(),
                            "epsilon": _epsilon(facts)}  # added after the event below (which names round_id itself)
@@ -550,7 +585,8 @@ class Orchestrator:
 
     def _discard(self, rnd: RoundRecord, why: str) -> None:
         log.warning("round %d discarded: %s", rnd.number, why, extra={"round": rnd.number})
-        self.history.append({"round": rnd.number, "version": None, "discarded": why})
+        self.history.append({"round": rnd.number, "version": None, "discarded": why,
+                             **({"site_noise_sigmas": rnd.site_noise_sigmas} if self.site_noise is not None else {})})
         self._event("round_discarded", round=rnd.number, reason=why, round_id=rnd.spec.round_id)
         self._close(rnd, f"discarded: {why}")
 

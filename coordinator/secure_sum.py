@@ -7,7 +7,13 @@ goes on; fewer than t ends the round with ``ThresholdNotMet``)::
     ADVERTISE       Announce -> signed key advertisements
     SHARE           AdvertisementsRelay -> encrypted Shamir shares
     MASKED          SharesRelay -> masked ring vectors (Upload streams), summed as they arrive
-    UNMASK          UnmaskRequest -> revealed shares -> the sum, and nothing else
+    CONSISTENCY     ConsistencyRequest -> each survivor's signature on the survivor set it was shown
+    UNMASK          UnmaskRequest (+ the signatures) -> revealed shares -> the sum, and nothing else
+
+The coordinator never announces a sum over fewer than the federation's ``min_contributors`` and
+never uses a threshold below it; each site enforces its own ``[privacy]`` floor on top. A site
+that declines a stage under its policy says so (``Submit.refusal``): it is recorded, logged and
+no longer waited for.
 
 For phases after the first, the pairwise masks are bound to H(broadcast) on both sides, so a
 coordinator that sends different broadcasts (e.g. a different Q) to different sites gets noise.
@@ -24,6 +30,7 @@ import numpy as np
 
 from .. import secure_agg as sa
 from ..proto import codec
+from ..strategies import cohort_metrics
 from .collect import check_names
 from .config import CoordinatorConfig
 from .errors import Duplicate, InvalidRequest, StaleStep
@@ -32,15 +39,19 @@ from .steps import SiteId, Step
 log = logging.getLogger("fedquilt.coordinator.secagg")
 
 _REPLY_KIND = {Step.SECAGG_ADVERTISE: "KeyAdvertisement", Step.SECAGG_SHARE: "EncryptedShares",
-               Step.SECAGG_UNMASK: "RevealedShares"}
+               Step.SECAGG_CONSISTENCY: "ConsistencySignature", Step.SECAGG_UNMASK: "RevealedShares"}
 
 
 class SecureSum:
     """Collects one phase through a ``secure_agg.ServerSession``."""
 
     def __init__(self, participants: set[SiteId], *, modules: Iterable[str] = (), clip: float, min_frac_bits: int, threshold: int | None,
-                 ca_pem: bytes, mask_context: bytes, stage_timeout: float, now: float) -> None:
+                 ca_pem: bytes, mask_context: bytes, stage_timeout: float, now: float, min_contributors: int = 2) -> None:
         self.participants = set(participants)
+        self.min_contributors = max(2, int(min_contributors))
+        """No sum is announced over fewer sites, and the threshold is never below it."""
+        self.refusals: dict[SiteId, str] = {}
+        """Sites that declined a stage under their own privacy policy, and why."""
         self.modules = frozenset(modules)
         self.clip, self.min_frac_bits, self.threshold = clip, min_frac_bits, threshold
         self.ca_pem, self.mask_context = ca_pem, mask_context
@@ -81,6 +92,16 @@ class SecureSum:
             assert self.session is not None
             self._receive(site, codec.decode_secagg(_REPLY_KIND[kind], payload))
         self._replies[site] = digest
+
+    def refuse(self, site: SiteId, kind: Step, reason: str) -> None:
+        """A site declines the current stage under its policy: record it and stop waiting for it."""
+        if kind is not self.stage:
+            raise StaleStep(f"secure sum is collecting {self.stage.value}, not {kind.value}")
+        if site not in self.expected:
+            raise InvalidRequest(f"{site} is not expected in {kind.value}")
+        log.warning("secure sum: %s refused %s under its privacy policy: %s", site, kind.value, reason[:500])
+        self.refusals[site] = reason[:500]
+        self.expected.discard(site)
 
     def masked_input(self, site: SiteId, encoding: str, layout: list[tuple[str, tuple[int, ...]]], payload: bytes) -> bool:
         """A site's masked vector (an Upload stream); added to the running sum at once."""
@@ -132,8 +153,13 @@ class SecureSum:
             self.expected = {SiteId(s) for s in routes}
             return self._next(Step.SECAGG_MASKED, {SiteId(s): codec.encode_secagg(m) for s, m in routes.items()})
         if self.stage is Step.SECAGG_MASKED:
+            check = self.session.request_consistency()
+            self.expected = {SiteId(s) for s in check.survivors}
+            payload = codec.encode_secagg(check)
+            return self._next(Step.SECAGG_CONSISTENCY, {s: payload for s in self.expected})
+        if self.stage is Step.SECAGG_CONSISTENCY:
             req = self.session.request_unmask()
-            self.expected = {SiteId(s) for s in req.survivors}
+            self.expected = {SiteId(s) for s, _ in req.signatures}
             payload = codec.encode_secagg(req)
             return self._next(Step.SECAGG_UNMASK, {s: payload for s in self.expected})
         self.result_ = self.session.finish()
@@ -152,8 +178,14 @@ class SecureSum:
             log.warning("secure sum: %s declared a different layout; excluded from this sum", site)
         layout = sa.VectorLayout(tuple(self.layouts[next(iter(agreeing))]))
         n = len(agreeing)
-        params = sa.default_params(n, self.clip, min_frac_bits=self.min_frac_bits,
-                                   threshold=min(self.threshold, n) if self.threshold else None)
+        if n < self.min_contributors:
+            # Never announce a sum that could decode fewer sites than the federation's minimum (one site's "sum"
+            # is that site's update): the round is discarded before any site advertises a key.
+            raise sa.ThresholdNotMet(f"only {n} sites declared a layout; a secure sum needs at least "
+                                     f"{self.min_contributors} (min_contributors)")
+        # A configured threshold can only raise t above an honest majority and min_contributors, never lower it.
+        threshold = max(min(self.threshold, n) if self.threshold else 0, n // 2 + 1, self.min_contributors)
+        params = sa.default_params(n, self.clip, min_frac_bits=self.min_frac_bits, threshold=threshold)
         self.session = sa.ServerSession(sorted(sa.SiteId(s) for s in agreeing), params, layout, ca_cert_pem=self.ca_pem,
                                         mask_context=self.mask_context)
         payload = codec.encode_secagg(self.session.start())
@@ -167,9 +199,15 @@ class SecureSum:
     # ---- results ------------------------------------------------------------------------------
 
     def result(self) -> dict[str, np.ndarray]:
-        """The decoded float sums (the only thing the coordinator learns)."""
+        """The decoded float sums for the rule (the cohort-metric vectors are split off: ``cohort_metrics``)."""
         assert self.result_ is not None
-        return {k: np.asarray(v, np.float64) for k, v in self.result_.sums.items()}
+        rule, _ = cohort_metrics.split(self.result_.sums)
+        return {k: np.asarray(v, np.float64) for k, v in rule.items()}
+
+    def cohort_metrics(self) -> dict[str, float | int | None]:
+        """n-weighted cohort means of the metrics the sites summed securely (empty if they sent none)."""
+        assert self.result_ is not None and self.session is not None
+        return cohort_metrics.split(self.result_.sums, self.session.params.clip)[1]
 
     def contributors(self) -> set[SiteId]:
         """Sites whose masked inputs are in the sum."""
@@ -184,6 +222,13 @@ class SecureSum:
                 "frac_bits": p.frac_bits, "clip": p.clip, "degree": p.degree}
 
 
+def secure_sum_floor(cfg: CoordinatorConfig) -> int:
+    """The fewest sites a secure sum of this federation may decode (min_contributors, at least 2)."""
+    fed = cfg.federation
+    floor = fed.min_contributors if fed.min_contributors is not None else min(2, fed.min_sites)
+    return max(2, int(floor))
+
+
 def make_factory(cfg: CoordinatorConfig) -> Callable[..., SecureSum]:
     """The orchestrator's factory: one ``SecureSum`` per phase of a round."""
     ca_pem = cfg.tls.ca.read_bytes()
@@ -193,6 +238,7 @@ def make_factory(cfg: CoordinatorConfig) -> Callable[..., SecureSum]:
         context = hashlib.sha256(broadcast).digest() if phase > 0 else b""
         min_bits = int(rnd.spec.params.get("min_frac_bits", cfg.secagg.min_frac_bits))
         return SecureSum(rnd.participants, modules=rnd.spec.shapes, clip=cfg.secagg.clip, min_frac_bits=min_bits, threshold=cfg.secagg.threshold,
-                         ca_pem=ca_pem, mask_context=context, stage_timeout=cfg.federation.stage_timeout, now=now)
+                         ca_pem=ca_pem, mask_context=context, stage_timeout=cfg.federation.stage_timeout, now=now,
+                         min_contributors=secure_sum_floor(cfg))
 
     return factory

@@ -149,9 +149,10 @@ def _start_locked(cfg: CoordinatorConfig, metrics: Metrics, rule: Any, tick_seco
     chunk = min(codec.CHUNK_BYTES, cfg.server.max_message_bytes // 2)  # room for the message's other fields
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=cfg.server.max_workers), options=options)
     pb_grpc.add_FederationServicer_to_server(  # type: ignore[no-untyped-call]  # generated, untyped
-        FederationServicer(orch, authz, cfg.server.max_upload_bytes, cfg.server.long_poll_seconds, metrics, chunk), server)
+        FederationServicer(orch, authz, cfg.server.max_upload_bytes, cfg.server.long_poll_seconds, metrics, chunk,
+                           crl_path=crl), server)
     pb_grpc.add_ModelsServicer_to_server(  # type: ignore[no-untyped-call]  # generated, untyped
-        ModelsServicer(store, authz, metrics, chunk), server)
+        ModelsServicer(store, authz, metrics, chunk, crl_path=crl), server)
     pb_grpc.add_AdminServicer_to_server(  # type: ignore[no-untyped-call]  # generated, untyped
         AdminServicer(orch, authz, metrics), server)
     health_servicer = health.HealthServicer()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping, Sequence, cast
 
 import grpc
@@ -37,9 +38,11 @@ class FederationServicer(pb_grpc.FederationServicer):
     """The agents' service."""
 
     def __init__(self, orch: Orchestrator, authz: Authorizer, max_upload_bytes: int, long_poll: float,
-                 metrics: Metrics, chunk_bytes: int = codec.CHUNK_BYTES) -> None:
+                 metrics: Metrics, chunk_bytes: int = codec.CHUNK_BYTES, crl_path: Path | None = None) -> None:
         self.orch, self.authz, self.metrics = orch, authz, metrics
         self.chunk_bytes = chunk_bytes
+        self.crl_path = crl_path
+        """The CA-signed CRL served to sites (they verify its signature, so serving it grants no trust)."""
         self.max_upload_bytes, self.long_poll = max_upload_bytes, long_poll
 
     def _site(self, context: grpc.ServicerContext) -> SiteId:
@@ -71,8 +74,10 @@ class FederationServicer(pb_grpc.FederationServicer):
                 payload = self.orch.global_payload(site)
             elif request.what == pb.DownloadRequest.BROADCAST:
                 payload = self.orch.broadcast_payload(site, request.round_id, int(request.phase))
+            elif request.what == pb.DownloadRequest.CRL and self.crl_path is not None:
+                payload = self.crl_path.read_bytes()
             else:
-                raise codec.CodecError("Download.what must be GLOBAL or BROADCAST")
+                raise codec.CodecError("Download.what must be GLOBAL, BROADCAST or CRL")
         self.metrics.record_bytes(Direction.SENT, len(payload))
         yield from codec.chunks(payload, self.chunk_bytes)
 
@@ -92,7 +97,12 @@ class FederationServicer(pb_grpc.FederationServicer):
             if kind is Step.TRAIN:
                 metrics = _metrics(request.metrics_json)
                 self.orch.trained(site, request.round_id, int(request.step), metrics)
-            elif kind in (Step.DECLARE_LAYOUT, Step.SECAGG_ADVERTISE, Step.SECAGG_SHARE, Step.SECAGG_UNMASK):
+            elif request.refusal and kind in (Step.DECLARE_LAYOUT, Step.SECAGG_ADVERTISE, Step.SECAGG_SHARE,
+                                              Step.SECAGG_MASKED, Step.SECAGG_CONSISTENCY, Step.SECAGG_UNMASK):
+                self.orch.secagg_refusal(site, request.round_id, int(request.step), kind, request.refusal)
+                return pb.Ack(accepted=True, message="refusal recorded")
+            elif kind in (Step.DECLARE_LAYOUT, Step.SECAGG_ADVERTISE, Step.SECAGG_SHARE, Step.SECAGG_CONSISTENCY,
+                          Step.SECAGG_UNMASK):
                 clipped = _clipped(request.metrics_json) if kind is Step.SECAGG_UNMASK else 0
                 self.orch.secagg_message(site, request.round_id, int(request.step), kind, request.payload)
                 if clipped:
@@ -124,9 +134,11 @@ class ModelsServicer(pb_grpc.ModelsServicer):
     """Consumers pull published versions."""
 
     def __init__(self, store: FileModelStore, authz: Authorizer, metrics: Metrics,
-                 chunk_bytes: int = codec.CHUNK_BYTES) -> None:
+                 chunk_bytes: int = codec.CHUNK_BYTES, crl_path: Path | None = None) -> None:
         self.store, self.authz, self.metrics = store, authz, metrics
         self.chunk_bytes = chunk_bytes
+        self.crl_path = crl_path
+        """Streamed as ``crl.pem`` after a version's files: the consumer checks the manifest signer against it."""
 
     def ListVersions(self, request: pb.ListVersionsRequest, context: grpc.ServicerContext) -> pb.VersionList:
         with translated(context, "ListVersions", self.metrics):
@@ -147,6 +159,8 @@ class ModelsServicer(pb_grpc.ModelsServicer):
             files = {"manifest.json": json.dumps(manifest, indent=2, sort_keys=True).encode()}
             for name in sorted(manifest["files"]):
                 files[name] = self.store.read(request.model, version, name)
+            if self.crl_path is not None and self.crl_path.exists() and "crl.pem" not in files:
+                files["crl.pem"] = self.crl_path.read_bytes()
         for name, body in files.items():
             for chunk in codec.chunks(body, self.chunk_bytes):
                 yield pb.FileChunk(path=name, data=chunk.data, offset=chunk.offset, file_size=chunk.total_size,

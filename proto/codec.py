@@ -307,8 +307,14 @@ def encode_secagg(msg: Any) -> bytes:
     elif isinstance(msg, sa.SharesRelay):
         out = spb.SharesRelayMsg(session_id=msg.session_id, receiver=msg.receiver, participants=list(msg.participants),
                                  shares=[_share_to_pb(s) for s in msg.shares])
+    elif isinstance(msg, sa.ConsistencyRequest):
+        out = spb.ConsistencyRequestMsg(session_id=msg.session_id, survivors=list(msg.survivors),
+                                        dropped=list(msg.dropped))
+    elif isinstance(msg, sa.ConsistencySignature):
+        out = spb.ConsistencySignatureMsg(session_id=msg.session_id, sender=msg.sender, signature=msg.signature)
     elif isinstance(msg, sa.UnmaskRequest):
-        out = spb.UnmaskRequestMsg(session_id=msg.session_id, survivors=list(msg.survivors), dropped=list(msg.dropped))
+        out = spb.UnmaskRequestMsg(session_id=msg.session_id, survivors=list(msg.survivors), dropped=list(msg.dropped),
+                                   signatures=[spb.SignerSignature(signer=s, signature=g) for s, g in msg.signatures])
     elif isinstance(msg, sa.RevealedShares):
         out = spb.RevealedSharesMsg(
             session_id=msg.session_id, sender=msg.sender,
@@ -350,10 +356,18 @@ def decode_secagg(kind: str, data: bytes) -> Any:
             m = _parse(spb.SharesRelayMsg, data)
             return sa.SharesRelay(m.session_id, sa.SiteId(m.receiver), tuple(sa.SiteId(p) for p in m.participants),
                                   tuple(_share_from_pb(s) for s in m.shares))
+        if kind == "ConsistencyRequest":
+            m = _parse(spb.ConsistencyRequestMsg, data)
+            return sa.ConsistencyRequest(m.session_id, tuple(sa.SiteId(s) for s in m.survivors),
+                                         tuple(sa.SiteId(s) for s in m.dropped))
+        if kind == "ConsistencySignature":
+            m = _parse(spb.ConsistencySignatureMsg, data)
+            return sa.ConsistencySignature(m.session_id, sa.SiteId(m.sender), m.signature)
         if kind == "UnmaskRequest":
             m = _parse(spb.UnmaskRequestMsg, data)
             return sa.UnmaskRequest(m.session_id, tuple(sa.SiteId(s) for s in m.survivors),
-                                    tuple(sa.SiteId(s) for s in m.dropped))
+                                    tuple(sa.SiteId(s) for s in m.dropped),
+                                    tuple((sa.SiteId(g.signer), g.signature) for g in m.signatures))
         if kind == "RevealedShares":
             m = _parse(spb.RevealedSharesMsg, data)
             return sa.RevealedShares(m.session_id, sa.SiteId(m.sender),

@@ -21,6 +21,7 @@ class StepKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     ROUND_DONE: _ClassVar[StepKind]
     SHUTDOWN: _ClassVar[StepKind]
     DECLARE_LAYOUT: _ClassVar[StepKind]
+    SECAGG_CONSISTENCY: _ClassVar[StepKind]
 STEP_KIND_UNSPECIFIED: StepKind
 IDLE: StepKind
 TRAIN: StepKind
@@ -32,6 +33,7 @@ SECAGG_UNMASK: StepKind
 ROUND_DONE: StepKind
 SHUTDOWN: StepKind
 DECLARE_LAYOUT: StepKind
+SECAGG_CONSISTENCY: StepKind
 
 class HelloRequest(_message.Message):
     __slots__ = ("agent_version", "base_fingerprint", "num_samples", "lora_rank", "lora_alpha", "task", "target_shapes")
@@ -107,9 +109,11 @@ class DownloadRequest(_message.Message):
         WHAT_UNSPECIFIED: _ClassVar[DownloadRequest.What]
         GLOBAL: _ClassVar[DownloadRequest.What]
         BROADCAST: _ClassVar[DownloadRequest.What]
+        CRL: _ClassVar[DownloadRequest.What]
     WHAT_UNSPECIFIED: DownloadRequest.What
     GLOBAL: DownloadRequest.What
     BROADCAST: DownloadRequest.What
+    CRL: DownloadRequest.What
     WHAT_FIELD_NUMBER: _ClassVar[int]
     ROUND_ID_FIELD_NUMBER: _ClassVar[int]
     PHASE_FIELD_NUMBER: _ClassVar[int]
@@ -145,18 +149,20 @@ class UploadChunk(_message.Message):
     def __init__(self, header: _Optional[_Union[UploadHeader, _Mapping]] = ..., data: _Optional[bytes] = ..., sha256: _Optional[str] = ...) -> None: ...
 
 class SubmitRequest(_message.Message):
-    __slots__ = ("round_id", "step", "kind", "payload", "metrics_json")
+    __slots__ = ("round_id", "step", "kind", "payload", "metrics_json", "refusal")
     ROUND_ID_FIELD_NUMBER: _ClassVar[int]
     STEP_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     PAYLOAD_FIELD_NUMBER: _ClassVar[int]
     METRICS_JSON_FIELD_NUMBER: _ClassVar[int]
+    REFUSAL_FIELD_NUMBER: _ClassVar[int]
     round_id: str
     step: int
     kind: StepKind
     payload: bytes
     metrics_json: str
-    def __init__(self, round_id: _Optional[str] = ..., step: _Optional[int] = ..., kind: _Optional[_Union[StepKind, str]] = ..., payload: _Optional[bytes] = ..., metrics_json: _Optional[str] = ...) -> None: ...
+    refusal: str
+    def __init__(self, round_id: _Optional[str] = ..., step: _Optional[int] = ..., kind: _Optional[_Union[StepKind, str]] = ..., payload: _Optional[bytes] = ..., metrics_json: _Optional[str] = ..., refusal: _Optional[str] = ...) -> None: ...
 
 class Ack(_message.Message):
     __slots__ = ("accepted", "message")

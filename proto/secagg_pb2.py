@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from . import tensors_pb2 as tensors__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x0csecagg.proto\x12\x0b\x66\x65\x64quilt.v1\x1a\rtensors.proto\"\x94\x01\n\x0fSecAggParamsMsg\x12\x11\n\tthreshold\x18\x01 \x01(\x05\x12\x0c\n\x04\x63lip\x18\x02 \x01(\x01\x12\x11\n\tmax_sites\x18\x03 \x01(\x05\x12\x0e\n\x06\x64\x65gree\x18\x04 \x01(\x05\x12\x11\n\tring_bits\x18\x05 \x01(\x05\x12\x11\n\tfrac_bits\x18\x06 \x01(\x05\x12\x17\n\x0fshare_threshold\x18\x07 \x01(\x05\"\x83\x01\n\x0b\x41nnounceMsg\x12\r\n\x05nonce\x18\x01 \x01(\x0c\x12\x0e\n\x06\x63ohort\x18\x02 \x03(\t\x12,\n\x06params\x18\x03 \x01(\x0b\x32\x1c.fedquilt.v1.SecAggParamsMsg\x12\'\n\x06layout\x18\x04 \x03(\x0b\x32\x17.fedquilt.v1.NamedShape\"s\n\x13KeyAdvertisementMsg\x12\r\n\x05nonce\x18\x01 \x01(\x0c\x12\x0c\n\x04site\x18\x02 \x01(\t\x12\x0c\n\x04\x63_pk\x18\x03 \x01(\x0c\x12\x0c\n\x04s_pk\x18\x04 \x01(\x0c\x12\x10\n\x08\x63\x65rt_pem\x18\x05 \x01(\x0c\x12\x11\n\tsignature\x18\x06 \x01(\x0c\"a\n\x16\x41\x64vertisementsRelayMsg\x12\r\n\x05nonce\x18\x01 \x01(\x0c\x12\x38\n\x0e\x61\x64vertisements\x18\x02 \x03(\x0b\x32 .fedquilt.v1.KeyAdvertisementMsg\"I\n\x11\x45ncryptedShareMsg\x12\x0e\n\x06sender\x18\x01 \x01(\t\x12\x10\n\x08receiver\x18\x02 \x01(\t\x12\x12\n\nciphertext\x18\x03 \x01(\x0c\"h\n\x12\x45ncryptedSharesMsg\x12\x12\n\nsession_id\x18\x01 \x01(\x0c\x12\x0e\n\x06sender\x18\x02 \x01(\t\x12.\n\x06shares\x18\x03 \x03(\x0b\x32\x1e.fedquilt.v1.EncryptedShareMsg\"|\n\x0eSharesRelayMsg\x12\x12\n\nsession_id\x18\x01 \x01(\x0c\x12\x10\n\x08receiver\x18\x02 \x01(\t\x12\x14\n\x0cparticipants\x18\x03 \x03(\t\x12.\n\x06shares\x18\x04 \x03(\x0b\x32\x1e.fedquilt.v1.EncryptedShareMsg\"J\n\x10UnmaskRequestMsg\x12\x12\n\nsession_id\x18\x01 \x01(\x0c\x12\x11\n\tsurvivors\x18\x02 \x03(\t\x12\x0f\n\x07\x64ropped\x18\x03 \x03(\t\"*\n\nOwnedShare\x12\r\n\x05owner\x18\x01 \x01(\t\x12\r\n\x05share\x18\x02 \x01(\x0c\"\x9c\x01\n\x11RevealedSharesMsg\x12\x12\n\nsession_id\x18\x01 \x01(\x0c\x12\x0e\n\x06sender\x18\x02 \x01(\t\x12\x31\n\x10self_mask_shares\x18\x03 \x03(\x0b\x32\x17.fedquilt.v1.OwnedShare\x12\x30\n\x0fmask_key_shares\x18\x04 \x03(\x0b\x32\x17.fedquilt.v1.OwnedShare\"<\n\x11LayoutDeclaration\x12\'\n\x06layout\x18\x01 \x03(\x0b\x32\x17.fedquilt.v1.NamedShapeb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x0csecagg.proto\x12\x0b\x66\x65\x64quilt.v1\x1a\rtensors.proto\"\x94\x01\n\x0fSecAggParamsMsg\x12\x11\n\tthreshold\x18\x01 \x01(\x05\x12\x0c\n\x04\x63lip\x18\x02 \x01(\x01\x12\x11\n\tmax_sites\x18\x03 \x01(\x05\x12\x0e\n\x06\x64\x65gree\x18\x04 \x01(\x05\x12\x11\n\tring_bits\x18\x05 \x01(\x05\x12\x11\n\tfrac_bits\x18\x06 \x01(\x05\x12\x17\n\x0fshare_threshold\x18\x07 \x01(\x05\"\x83\x01\n\x0b\x41nnounceMsg\x12\r\n\x05nonce\x18\x01 \x01(\x0c\x12\x0e\n\x06\x63ohort\x18\x02 \x03(\t\x12,\n\x06params\x18\x03 \x01(\x0b\x32\x1c.fedquilt.v1.SecAggParamsMsg\x12\'\n\x06layout\x18\x04 \x03(\x0b\x32\x17.fedquilt.v1.NamedShape\"s\n\x13KeyAdvertisementMsg\x12\r\n\x05nonce\x18\x01 \x01(\x0c\x12\x0c\n\x04site\x18\x02 \x01(\t\x12\x0c\n\x04\x63_pk\x18\x03 \x01(\x0c\x12\x0c\n\x04s_pk\x18\x04 \x01(\x0c\x12\x10\n\x08\x63\x65rt_pem\x18\x05 \x01(\x0c\x12\x11\n\tsignature\x18\x06 \x01(\x0c\"a\n\x16\x41\x64vertisementsRelayMsg\x12\r\n\x05nonce\x18\x01 \x01(\x0c\x12\x38\n\x0e\x61\x64vertisements\x18\x02 \x03(\x0b\x32 .fedquilt.v1.KeyAdvertisementMsg\"I\n\x11\x45ncryptedShareMsg\x12\x0e\n\x06sender\x18\x01 \x01(\t\x12\x10\n\x08receiver\x18\x02 \x01(\t\x12\x12\n\nciphertext\x18\x03 \x01(\x0c\"h\n\x12\x45ncryptedSharesMsg\x12\x12\n\nsession_id\x18\x01 \x01(\x0c\x12\x0e\n\x06sender\x18\x02 \x01(\t\x12.\n\x06shares\x18\x03 \x03(\x0b\x32\x1e.fedquilt.v1.EncryptedShareMsg\"|\n\x0eSharesRelayMsg\x12\x12\n\nsession_id\x18\x01 \x01(\x0c\x12\x10\n\x08receiver\x18\x02 \x01(\t\x12\x14\n\x0cparticipants\x18\x03 \x03(\t\x12.\n\x06shares\x18\x04 \x03(\x0b\x32\x1e.fedquilt.v1.EncryptedShareMsg\"O\n\x15\x43onsistencyRequestMsg\x12\x12\n\nsession_id\x18\x01 \x01(\x0c\x12\x11\n\tsurvivors\x18\x02 \x03(\t\x12\x0f\n\x07\x64ropped\x18\x03 \x03(\t\"P\n\x17\x43onsistencySignatureMsg\x12\x12\n\nsession_id\x18\x01 \x01(\x0c\x12\x0e\n\x06sender\x18\x02 \x01(\t\x12\x11\n\tsignature\x18\x03 \x01(\x0c\"4\n\x0fSignerSignature\x12\x0e\n\x06signer\x18\x01 \x01(\t\x12\x11\n\tsignature\x18\x02 \x01(\x0c\"|\n\x10UnmaskRequestMsg\x12\x12\n\nsession_id\x18\x01 \x01(\x0c\x12\x11\n\tsurvivors\x18\x02 \x03(\t\x12\x0f\n\x07\x64ropped\x18\x03 \x03(\t\x12\x30\n\nsignatures\x18\x04 \x03(\x0b\x32\x1c.fedquilt.v1.SignerSignature\"*\n\nOwnedShare\x12\r\n\x05owner\x18\x01 \x01(\t\x12\r\n\x05share\x18\x02 \x01(\x0c\"\x9c\x01\n\x11RevealedSharesMsg\x12\x12\n\nsession_id\x18\x01 \x01(\x0c\x12\x0e\n\x06sender\x18\x02 \x01(\t\x12\x31\n\x10self_mask_shares\x18\x03 \x03(\x0b\x32\x17.fedquilt.v1.OwnedShare\x12\x30\n\x0fmask_key_shares\x18\x04 \x03(\x0b\x32\x17.fedquilt.v1.OwnedShare\"<\n\x11LayoutDeclaration\x12\'\n\x06layout\x18\x01 \x03(\x0b\x32\x17.fedquilt.v1.NamedShapeb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -46,12 +46,18 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ENCRYPTEDSHARESMSG']._serialized_end=724
   _globals['_SHARESRELAYMSG']._serialized_start=726
   _globals['_SHARESRELAYMSG']._serialized_end=850
-  _globals['_UNMASKREQUESTMSG']._serialized_start=852
-  _globals['_UNMASKREQUESTMSG']._serialized_end=926
-  _globals['_OWNEDSHARE']._serialized_start=928
-  _globals['_OWNEDSHARE']._serialized_end=970
-  _globals['_REVEALEDSHARESMSG']._serialized_start=973
-  _globals['_REVEALEDSHARESMSG']._serialized_end=1129
-  _globals['_LAYOUTDECLARATION']._serialized_start=1131
-  _globals['_LAYOUTDECLARATION']._serialized_end=1191
+  _globals['_CONSISTENCYREQUESTMSG']._serialized_start=852
+  _globals['_CONSISTENCYREQUESTMSG']._serialized_end=931
+  _globals['_CONSISTENCYSIGNATUREMSG']._serialized_start=933
+  _globals['_CONSISTENCYSIGNATUREMSG']._serialized_end=1013
+  _globals['_SIGNERSIGNATURE']._serialized_start=1015
+  _globals['_SIGNERSIGNATURE']._serialized_end=1067
+  _globals['_UNMASKREQUESTMSG']._serialized_start=1069
+  _globals['_UNMASKREQUESTMSG']._serialized_end=1193
+  _globals['_OWNEDSHARE']._serialized_start=1195
+  _globals['_OWNEDSHARE']._serialized_end=1237
+  _globals['_REVEALEDSHARESMSG']._serialized_start=1240
+  _globals['_REVEALEDSHARESMSG']._serialized_end=1396
+  _globals['_LAYOUTDECLARATION']._serialized_start=1398
+  _globals['_LAYOUTDECLARATION']._serialized_end=1458
 # @@protoc_insertion_point(module_scope)

@@ -93,7 +93,7 @@ class SharesRelayMsg(_message.Message):
     shares: _containers.RepeatedCompositeFieldContainer[EncryptedShareMsg]
     def __init__(self, session_id: _Optional[bytes] = ..., receiver: _Optional[str] = ..., participants: _Optional[_Iterable[str]] = ..., shares: _Optional[_Iterable[_Union[EncryptedShareMsg, _Mapping]]] = ...) -> None: ...
 
-class UnmaskRequestMsg(_message.Message):
+class ConsistencyRequestMsg(_message.Message):
     __slots__ = ("session_id", "survivors", "dropped")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     SURVIVORS_FIELD_NUMBER: _ClassVar[int]
@@ -102,6 +102,36 @@ class UnmaskRequestMsg(_message.Message):
     survivors: _containers.RepeatedScalarFieldContainer[str]
     dropped: _containers.RepeatedScalarFieldContainer[str]
     def __init__(self, session_id: _Optional[bytes] = ..., survivors: _Optional[_Iterable[str]] = ..., dropped: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class ConsistencySignatureMsg(_message.Message):
+    __slots__ = ("session_id", "sender", "signature")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    SENDER_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    session_id: bytes
+    sender: str
+    signature: bytes
+    def __init__(self, session_id: _Optional[bytes] = ..., sender: _Optional[str] = ..., signature: _Optional[bytes] = ...) -> None: ...
+
+class SignerSignature(_message.Message):
+    __slots__ = ("signer", "signature")
+    SIGNER_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    signer: str
+    signature: bytes
+    def __init__(self, signer: _Optional[str] = ..., signature: _Optional[bytes] = ...) -> None: ...
+
+class UnmaskRequestMsg(_message.Message):
+    __slots__ = ("session_id", "survivors", "dropped", "signatures")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    SURVIVORS_FIELD_NUMBER: _ClassVar[int]
+    DROPPED_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURES_FIELD_NUMBER: _ClassVar[int]
+    session_id: bytes
+    survivors: _containers.RepeatedScalarFieldContainer[str]
+    dropped: _containers.RepeatedScalarFieldContainer[str]
+    signatures: _containers.RepeatedCompositeFieldContainer[SignerSignature]
+    def __init__(self, session_id: _Optional[bytes] = ..., survivors: _Optional[_Iterable[str]] = ..., dropped: _Optional[_Iterable[str]] = ..., signatures: _Optional[_Iterable[_Union[SignerSignature, _Mapping]]] = ...) -> None: ...
 
 class OwnedShare(_message.Message):
     __slots__ = ("owner", "share")

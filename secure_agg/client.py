@@ -13,8 +13,17 @@ Stages (the server's message that opens each, and this site's reply):
   ANNOUNCE      Announce            -> KeyAdvertisement (c_pk, s_pk, signature, certificate)
   SHARE_KEYS    AdvertisementsRelay -> EncryptedShares  (verify every advertisement first)
   MASKED_INPUT  SharesRelay         -> MaskedInput
-  UNMASK        UnmaskRequest       -> RevealedShares   (survivors ∩ dropped = ∅, |survivors| >= t)
+  CONSISTENCY   ConsistencyRequest  -> ConsistencySignature (signs the survivor set it was shown)
+  UNMASK        UnmaskRequest       -> RevealedShares   (same lists, >= floor valid signatures on them)
 Any error moves the session to FAILED for good; a failed session never reveals anything.
+
+The site's own :class:`~.policy.ClientPolicy` is checked at every stage before anything is sent:
+the cohort, the advertisers, the sharers, the survivors and the signers must each number at
+least ``max(t, policy.min_sites)``; the SecAgg+ graph is seeded from the session id (so from
+every site's fresh keys, not from a nonce the coordinator could grind); a multi-phase sum may
+require exactly the first phase's contributors at every stage. The consistency stage is
+Bonawitz et al. 2017's active-adversary round: a coordinator that shows two sites different
+survivor sets cannot collect enough signatures on either, and nobody reveals.
 """
 
 from __future__ import annotations
@@ -27,17 +36,23 @@ from typing import Final, TypeVar
 import numpy.typing as npt
 
 from . import aead, shamir
-from .errors import InputError, Overflow, ProtocolViolation, SessionMismatch, ThresholdNotMet
+from .crl import RevocationSet
+from .errors import InputError, InvalidSignature, Overflow, ProtocolViolation, SessionMismatch, ThresholdNotMet
 from .graph import neighbours
 from .keys import KeyPair, Purpose, generate_key_pair, shared_seed
 from .messages import (
-    AdvertisementsRelay, Announce, ClientMessage, EncryptedShare, EncryptedShares, KeyAdvertisement,
-    MaskedInput, RevealedShares, ServerMessage, SharesRelay, SiteId, Stage, UnmaskRequest,
+    AdvertisementsRelay, Announce, ClientMessage, ConsistencyRequest, ConsistencySignature, EncryptedShare,
+    EncryptedShares, KeyAdvertisement, MaskedInput, RevealedShares, ServerMessage, SharesRelay, SiteId, Stage,
+    UnmaskRequest,
 )
+from .params import SecAggParams
+from .policy import ClientPolicy
 from .prg import apply_masks
 from .quantize import quantize
-from .signing import CertificateVerifier, Clock, SigningKey, advertisement_payload, sign, utc_now
-from .transcript import derive_session_id
+from .signing import (
+    CertificateVerifier, Clock, SigningKey, advertisement_payload, sign, survivors_payload, utc_now,
+)
+from .transcript import derive_graph_seed, derive_session_id
 
 __all__ = ["ClientSession"]
 
@@ -46,7 +61,8 @@ _T = TypeVar("_T")
 _TRANSITIONS: Final[dict[Stage, Stage]] = {
     Stage.ANNOUNCE: Stage.SHARE_KEYS,
     Stage.SHARE_KEYS: Stage.MASKED_INPUT,
-    Stage.MASKED_INPUT: Stage.UNMASK,
+    Stage.MASKED_INPUT: Stage.CONSISTENCY,
+    Stage.CONSISTENCY: Stage.UNMASK,
     Stage.UNMASK: Stage.DONE,
 }
 """Stage awaited -> stage awaited after handling the server message that opens it."""
@@ -60,15 +76,18 @@ class ClientSession:
     def __init__(self, site: SiteId, identity_key: SigningKey, cert_pem: bytes, ca_cert_pem: bytes, *,
                  vectors: Mapping[str, npt.ArrayLike] | None = None, mask_context: bytes = b"",
                  clock: Clock = utc_now, rounding_seed: bytes | None = None,
-                 min_threshold_fraction: float = 0.5) -> None:
+                 policy: ClientPolicy | None = None, revocations: RevocationSet | None = None) -> None:
         self.site = site
         self._identity_key = identity_key
         self._cert_pem = cert_pem
-        self._verifier = CertificateVerifier(ca_cert_pem, clock)
+        self._verifier = CertificateVerifier(ca_cert_pem, clock, revocations=revocations)
         self._vectors = vectors
         self._mask_context = hashlib.sha256(mask_context).digest()
         self._rounding_seed = rounding_seed
-        self._min_fraction = min_threshold_fraction
+        self.policy = policy or ClientPolicy()
+        """This site's floor under the session (see :class:`~.policy.ClientPolicy`)."""
+        self.survivors: frozenset[SiteId] | None = None
+        """The survivor set this site signed (known after CONSISTENCY): a multi-phase sum's contributors."""
         self._stage = Stage.ANNOUNCE
         self._sid = b""
         self.clipped: int | None = None
@@ -78,6 +97,12 @@ class ClientSession:
     def session_id(self) -> bytes | None:
         """The session id, known once every advertisement has been verified (stage SHARE_KEYS)."""
         return self._sid or None
+
+    @property
+    def params(self) -> SecAggParams | None:
+        """The announced parameters (known once the announcement was accepted)."""
+        announce = getattr(self, "_announce", None)
+        return None if announce is None else announce.params
 
     @property
     def stage(self) -> Stage:
@@ -116,6 +141,8 @@ class ClientSession:
                 return self._share_keys(message)
             case SharesRelay():
                 return self._masked_input(message)
+            case ConsistencyRequest():
+                return self._sign_survivors(message)
             case UnmaskRequest():
                 return self._reveal(message)
 
@@ -126,14 +153,12 @@ class ClientSession:
             raise ProtocolViolation(f"cohort must list distinct sites including {self.site}")
         if len(cohort) > params.max_sites:
             raise Overflow(f"cohort of {len(cohort)} exceeds max_sites={params.max_sites}: sums could overflow")
-        if params.threshold <= self._min_fraction * len(cohort):
-            raise ProtocolViolation(f"threshold {params.threshold} is not above {self._min_fraction} x {len(cohort)} sites")
+        self.policy.check_announce(self.site, cohort, params)
         if len(msg.nonce) < 16:
             raise ProtocolViolation(f"nonce of {len(msg.nonce)} bytes is too short (need >= 16)")
         if self._vectors is not None:
             msg.layout.check(self._vectors)
         self._announce = msg
-        self._graph = neighbours(cohort, params.degree, msg.nonce)
         self._c_keys: KeyPair = generate_key_pair()
         self._s_keys: KeyPair = generate_key_pair()
         payload = advertisement_payload(msg.nonce, self.site, self._c_keys.public, self._s_keys.public)
@@ -147,8 +172,9 @@ class ClientSession:
         params = self._announce.params
         session_id = derive_session_id(self._announce.nonce, params, self._announce.layout, self._ads.values())
         self._sid = session_id
-        holders = sorted((self._graph[self.site] & self._ads.keys()) | {self.site})
-        need = params.shares_needed(len(self._announce.cohort))
+        self._graph = neighbours(sorted(self._ads), params.degree, derive_graph_seed(session_id))
+        holders = sorted(self._graph[self.site] | {self.site})
+        need = params.shares_needed(len(self._ads))
         if len(holders) < need:
             raise ThresholdNotMet(f"site {self.site}: {len(holders)} share holders left, need {need}")
         self._seed = secrets.token_bytes(32)
@@ -183,6 +209,8 @@ class ClientSession:
             raise ProtocolViolation(f"the relay omits or alters site {self.site}'s own advertisement")
         if len(ads) < self._announce.params.threshold:
             raise ThresholdNotMet(f"{len(ads)} sites advertised keys, need {self._announce.params.threshold}")
+        self.policy.check_count(self.site, "sites advertised keys", len(ads), self._announce.params)
+        self.policy.check_members(self.site, "the key advertisers", frozenset(ads))
         return ads
 
     # Stage 3 ------------------------------------------------------------------------------
@@ -219,25 +247,66 @@ class ClientSession:
             raise ProtocolViolation("participants must include this site and only sites that advertised keys")
         if len(participants) < self._announce.params.threshold:
             raise ThresholdNotMet(f"{len(participants)} sites shared keys, need {self._announce.params.threshold}")
+        self.policy.check_count(self.site, "sites shared keys", len(participants), self._announce.params)
+        self.policy.check_members(self.site, "the sites that shared keys", participants)
         return participants
 
     # Stage 4 ------------------------------------------------------------------------------
-    def _reveal(self, msg: UnmaskRequest) -> RevealedShares:
+    def _sign_survivors(self, msg: ConsistencyRequest) -> ConsistencySignature:
         session_id = self._check_session(msg.session_id)
-        survivors, dropped = set(msg.survivors), set(msg.dropped)
+        survivors, dropped = self._check_lists(msg.survivors, msg.dropped)
+        self._lists = (tuple(sorted(survivors)), tuple(sorted(dropped)))
+        self.survivors = frozenset(survivors)
+        signature = sign(self._identity_key, survivors_payload(session_id, self._lists[0]))
+        return ConsistencySignature(session_id, self.site, signature)
+
+    def _check_lists(self, shown_survivors: tuple[SiteId, ...], shown_dropped: tuple[SiteId, ...]
+                     ) -> tuple[set[SiteId], set[SiteId]]:
+        survivors, dropped = set(shown_survivors), set(shown_dropped)
         if survivors & dropped:
             raise ProtocolViolation(f"sites {sorted(survivors & dropped)} are listed as both survivors and dropped")
-        if len(survivors) != len(msg.survivors) or len(dropped) != len(msg.dropped):
+        if len(survivors) != len(shown_survivors) or len(dropped) != len(shown_dropped):
             raise ProtocolViolation("survivor or dropout list repeats a site")
         if len(survivors) < self._announce.params.threshold:
             raise ThresholdNotMet(f"{len(survivors)} survivors, need {self._announce.params.threshold}")
         if self.site not in survivors or survivors | dropped != self._participants:
             raise ProtocolViolation("survivors and dropped must split exactly the sites that shared keys")
+        self.policy.check_count(self.site, "survivors", len(survivors), self._announce.params)
+        self.policy.check_members(self.site, "the survivors", frozenset(survivors))
+        return survivors, dropped
+
+    # Stage 5 ------------------------------------------------------------------------------
+    def _reveal(self, msg: UnmaskRequest) -> RevealedShares:
+        session_id = self._check_session(msg.session_id)
+        if (tuple(sorted(msg.survivors)), tuple(sorted(msg.dropped))) != self._lists:
+            raise ProtocolViolation(f"site {self.site}: the unmask request lists other survivors than the set it signed")
+        survivors, dropped = set(self._lists[0]), set(self._lists[1])
+        self._check_signatures(session_id, msg.signatures)
         return RevealedShares(
             session_id, self.site,
             tuple((owner, shares[0]) for owner, shares in sorted(self._held.items()) if owner in survivors),
             tuple((owner, shares[1]) for owner, shares in sorted(self._held.items()) if owner in dropped),
         )
+
+    def _check_signatures(self, session_id: bytes, signatures: tuple[tuple[SiteId, bytes], ...]) -> None:
+        """At least the floor of distinct survivors signed exactly the survivor set this site signed."""
+        payload = survivors_payload(session_id, self._lists[0])
+        signers: set[SiteId] = set()
+        for signer, signature in signatures:
+            if signer not in self._lists[0] or signer in signers:
+                raise ProtocolViolation(f"survivor-set signature from {signer!r}, who is not a survivor or repeats")
+            try:
+                self._verifier.verify(signer, self._ads[signer].cert_pem, payload, signature)
+            except InvalidSignature as exc:
+                raise InvalidSignature(f"site {self.site}: {signer} did not sign the survivor set this site "
+                                       f"was shown ({exc}); refusing to reveal") from None
+            signers.add(signer)
+        if self.site not in signers:
+            raise ProtocolViolation(f"site {self.site}: its own survivor-set signature is missing from the request")
+        if len(signers) < self._announce.params.threshold:
+            raise ThresholdNotMet(f"{len(signers)} survivors signed the survivor set, need "
+                                  f"{self._announce.params.threshold}")
+        self.policy.check_count(self.site, "survivors signed the survivor set", len(signers), self._announce.params)
 
     # Helpers ------------------------------------------------------------------------------
     def _check_session(self, session_id: bytes) -> bytes:

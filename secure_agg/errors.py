@@ -15,6 +15,7 @@ __all__ = [
     "DecryptionFailed",
     "Overflow",
     "InputError",
+    "PolicyRefusal",
 ]
 
 
@@ -48,3 +49,7 @@ class Overflow(SecAggError, ValueError):
 
 class InputError(SecAggError, ValueError):
     """The caller's own input is unusable (missing, wrong shape, non-finite)."""
+
+
+class PolicyRefusal(SecAggError):
+    """The session falls below this site's own privacy policy; the site sends nothing more."""

@@ -22,7 +22,7 @@ from .params import SecAggParams
 __all__ = [
     "SiteId", "Stage", "RingArray",
     "Announce", "KeyAdvertisement", "AdvertisementsRelay", "EncryptedShare", "EncryptedShares",
-    "SharesRelay", "MaskedInput", "UnmaskRequest", "RevealedShares", "AggregateResult",
+    "SharesRelay", "MaskedInput", "ConsistencyRequest", "ConsistencySignature", "UnmaskRequest", "RevealedShares", "AggregateResult",
     "ServerMessage", "ClientMessage",
 ]
 
@@ -39,9 +39,10 @@ class Stage(enum.IntEnum):
     ADVERTISE_KEYS = 1
     SHARE_KEYS = 2
     MASKED_INPUT = 3
-    UNMASK = 4
-    DONE = 5
-    FAILED = 6
+    CONSISTENCY = 4
+    UNMASK = 5
+    DONE = 6
+    FAILED = 7
 
 
 @dataclass(frozen=True)
@@ -120,18 +121,40 @@ class MaskedInput:
 
 
 @dataclass(frozen=True)
-class UnmaskRequest:
-    """Server -> survivors (opens stage 4): who sent masked input and who dropped."""
+class ConsistencyRequest:
+    """Server -> survivors (opens stage 4): who sent masked input and who dropped; each survivor signs it."""
 
-    stage: ClassVar[Stage] = Stage.UNMASK
+    stage: ClassVar[Stage] = Stage.CONSISTENCY
     session_id: bytes
     survivors: tuple[SiteId, ...]
     dropped: tuple[SiteId, ...]
 
 
 @dataclass(frozen=True)
+class ConsistencySignature:
+    """Site -> server (stage 4): its signature on ``(session_id, survivors)`` as it was shown them."""
+
+    stage: ClassVar[Stage] = Stage.CONSISTENCY
+    session_id: bytes
+    sender: SiteId
+    signature: bytes
+
+
+@dataclass(frozen=True)
+class UnmaskRequest:
+    """Server -> signers (opens stage 5): the same lists, and the survivors' signatures on them."""
+
+    stage: ClassVar[Stage] = Stage.UNMASK
+    session_id: bytes
+    survivors: tuple[SiteId, ...]
+    dropped: tuple[SiteId, ...]
+    signatures: tuple[tuple[SiteId, bytes], ...] = ()
+    """``(signer, signature)`` of every survivor that signed the survivor set (Bonawitz et al.'s round 4)."""
+
+
+@dataclass(frozen=True)
 class RevealedShares:
-    """Site -> server (stage 4): shares of survivors' self-mask seeds and dropped sites' mask keys."""
+    """Site -> server (stage 5): shares of survivors' self-mask seeds and dropped sites' mask keys."""
 
     stage: ClassVar[Stage] = Stage.UNMASK
     session_id: bytes
@@ -153,7 +176,7 @@ class AggregateResult:
     dropped: tuple[SiteId, ...]
 
 
-ServerMessage = Announce | AdvertisementsRelay | SharesRelay | UnmaskRequest
+ServerMessage = Announce | AdvertisementsRelay | SharesRelay | ConsistencyRequest | UnmaskRequest
 """Messages the server sends."""
-ClientMessage = KeyAdvertisement | EncryptedShares | MaskedInput | RevealedShares
+ClientMessage = KeyAdvertisement | EncryptedShares | MaskedInput | ConsistencySignature | RevealedShares
 """Messages a site sends."""

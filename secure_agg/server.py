@@ -8,14 +8,16 @@ sent no masked input it rebuilds j's mask private key and removes the pairwise m
 surviving neighbours added for j. What is left is the sum of the survivors' quantized inputs.
 
 Sets of sites, each a subset of the previous one:
-  U1 advertised keys (pruned so each site keeps enough share holders), U2 sent shares,
-  U3 sent masked input (survivors; U2 - U3 = dropped), U4 revealed shares.
-Each of |U1|, |U2|, |U3|, |U4| must reach the threshold t, and each secret needs its Shamir
-threshold of shares, or the session fails with :class:`ThresholdNotMet` (restart it afresh).
+  U1 advertised keys, U2 sent shares, U3 sent masked input (survivors; U2 - U3 = dropped),
+  U4 signed the survivor set U3 (the consistency stage), U5 revealed shares.
+Each of them must reach the threshold t, and each secret needs its Shamir threshold of shares,
+or the session fails with :class:`ThresholdNotMet` (restart it afresh). The neighbour graph is
+built over U1 from a seed derived from the session id (every advertised key), never from the
+nonce alone, so the coordinator cannot grind it.
 
 The caller drives it: ``start()``, then ``receive()`` each site message, and close each stage
 (deadline or everyone answered) with ``relay_advertisements()``, ``route_shares()``,
-``request_unmask()`` and ``finish()``. ``receive`` raises on a bad message and ignores it;
+``request_consistency()``, ``request_unmask()`` and ``finish()``. ``receive`` raises on a bad message and ignores it;
 a failed transition moves the session to FAILED.
 """
 
@@ -34,14 +36,15 @@ from .graph import neighbours, prune
 from .keys import Purpose, private_key_from_bytes, public_key_bytes, shared_seed
 from .layout import VectorLayout
 from .messages import (
-    AdvertisementsRelay, AggregateResult, Announce, ClientMessage, EncryptedShare, EncryptedShares,
-    KeyAdvertisement, MaskedInput, RevealedShares, SharesRelay, SiteId, Stage, UnmaskRequest,
+    AdvertisementsRelay, AggregateResult, Announce, ClientMessage, ConsistencyRequest, ConsistencySignature,
+    EncryptedShare, EncryptedShares, KeyAdvertisement, MaskedInput, RevealedShares, SharesRelay, SiteId, Stage,
+    UnmaskRequest,
 )
 from .params import SecAggParams
 from .prg import apply_masks
 from .quantize import decode_sum
-from .signing import CertificateVerifier, Clock, advertisement_payload, utc_now
-from .transcript import derive_session_id
+from .signing import CertificateVerifier, Clock, advertisement_payload, survivors_payload, utc_now
+from .transcript import derive_graph_seed, derive_session_id
 
 __all__ = ["ServerSession"]
 
@@ -51,7 +54,8 @@ _TRANSITIONS: Final[dict[Stage, Stage]] = {
     Stage.ANNOUNCE: Stage.ADVERTISE_KEYS,
     Stage.ADVERTISE_KEYS: Stage.SHARE_KEYS,
     Stage.SHARE_KEYS: Stage.MASKED_INPUT,
-    Stage.MASKED_INPUT: Stage.UNMASK,
+    Stage.MASKED_INPUT: Stage.CONSISTENCY,
+    Stage.CONSISTENCY: Stage.UNMASK,
     Stage.UNMASK: Stage.DONE,
 }
 """Stage being collected -> next stage; each edge is one public method."""
@@ -74,7 +78,7 @@ class ServerSession:
         self.nonce = secrets.token_bytes(32) if nonce is None else nonce
         self._verifier = None if ca_cert_pem is None else CertificateVerifier(ca_cert_pem, clock)
         self._mask_context = hashlib.sha256(mask_context).digest()
-        self._graph = neighbours(self.cohort, params.degree, self.nonce)
+        self._graph: dict[SiteId, frozenset[SiteId]] = {}
         self._need = params.shares_needed(len(self.cohort))
         self._stage = Stage.ANNOUNCE
         self._sid = b""
@@ -84,6 +88,7 @@ class ServerSession:
         self._u1: frozenset[SiteId] = frozenset()
         self._u2: frozenset[SiteId] = frozenset()
         self._u3: set[SiteId] = set()
+        self._signatures: dict[SiteId, bytes] = {}
         self._revealers: set[SiteId] = set()
         self._seed_shares: dict[SiteId, list[shamir.Share]] = {}
         self._key_shares: dict[SiteId, list[shamir.Share]] = {}
@@ -103,12 +108,14 @@ class ServerSession:
     def pending(self) -> frozenset[SiteId]:
         """Sites that may still send a message in the current stage."""
         expected = {Stage.ADVERTISE_KEYS: frozenset(self.cohort), Stage.SHARE_KEYS: self._u1,
-                    Stage.MASKED_INPUT: self._u2, Stage.UNMASK: frozenset(self._u3)}.get(self._stage, frozenset())
+                    Stage.MASKED_INPUT: self._u2, Stage.CONSISTENCY: frozenset(self._u3),
+                    Stage.UNMASK: frozenset(self._signatures)}.get(self._stage, frozenset())
         return expected - self._heard()
 
     def _heard(self) -> set[SiteId]:
         return {Stage.ADVERTISE_KEYS: set(self._ads), Stage.SHARE_KEYS: self._sharers,
-                Stage.MASKED_INPUT: self._u3, Stage.UNMASK: self._revealers}.get(self._stage, set())
+                Stage.MASKED_INPUT: self._u3, Stage.CONSISTENCY: set(self._signatures),
+                Stage.UNMASK: self._revealers}.get(self._stage, set())
 
     def _advance(self, *, expected: Stage, step: Callable[[], _T]) -> _T:
         if self._stage != expected or expected not in _TRANSITIONS:
@@ -135,9 +142,13 @@ class ServerSession:
         """Close SHARE_KEYS: per site, the shares addressed to it."""
         return self._advance(expected=Stage.SHARE_KEYS, step=self._route_shares)
 
+    def request_consistency(self) -> ConsistencyRequest:
+        """Close MASKED_INPUT: the survivor and dropout lists every survivor is asked to sign."""
+        return self._advance(expected=Stage.MASKED_INPUT, step=self._request_consistency)
+
     def request_unmask(self) -> UnmaskRequest:
-        """Close MASKED_INPUT: the survivor and dropout lists to send to every survivor."""
-        return self._advance(expected=Stage.MASKED_INPUT, step=self._request_unmask)
+        """Close CONSISTENCY: the same lists and the survivors' signatures, to every signer."""
+        return self._advance(expected=Stage.CONSISTENCY, step=self._request_unmask)
 
     def finish(self) -> AggregateResult:
         """Close UNMASK: reconstruct the secrets, remove every mask and decode the sum."""
@@ -145,10 +156,11 @@ class ServerSession:
 
     def _relay_advertisements(self) -> AdvertisementsRelay:
         self._require(len(self._ads), "sites advertised keys")
-        self._u1 = frozenset(prune(self._ads, self._graph, self._need))
-        self._require(len(self._u1), "sites advertised keys and keep enough share holders")
+        self._u1 = frozenset(self._ads)
         ads = tuple(self._ads[s] for s in sorted(self._u1))
         self._sid = derive_session_id(self.nonce, self.params, self.layout, ads)
+        self._graph = neighbours(sorted(self._u1), self.params.degree, derive_graph_seed(self._sid))
+        self._need = self.params.shares_needed(len(self._u1))
         return AdvertisementsRelay(self.nonce, ads)
 
     def _route_shares(self) -> dict[SiteId, SharesRelay]:
@@ -163,9 +175,14 @@ class ServerSession:
             for receiver in participants
         }
 
-    def _request_unmask(self) -> UnmaskRequest:
+    def _request_consistency(self) -> ConsistencyRequest:
         self._require(len(self._u3), "sites sent masked input")
-        return UnmaskRequest(self._sid, tuple(sorted(self._u3)), tuple(sorted(self._u2 - self._u3)))
+        return ConsistencyRequest(self._sid, tuple(sorted(self._u3)), tuple(sorted(self._u2 - self._u3)))
+
+    def _request_unmask(self) -> UnmaskRequest:
+        self._require(len(self._signatures), "survivors signed the survivor set")
+        return UnmaskRequest(self._sid, tuple(sorted(self._u3)), tuple(sorted(self._u2 - self._u3)),
+                             tuple(sorted(self._signatures.items())))
 
     def _finish(self) -> AggregateResult:
         self._require(len(self._revealers), "sites revealed shares")
@@ -210,6 +227,8 @@ class ServerSession:
                 self._accept_shares(site, message)
             case MaskedInput():
                 self._accept_masked_input(site, message)
+            case ConsistencySignature():
+                self._accept_signature(site, message)
             case RevealedShares():
                 self._accept_revealed(site, message)
 
@@ -249,6 +268,13 @@ class ServerSession:
                                     f"expected {self._acc.dtype}{self._acc.shape}")
         np.add(self._acc, vector, out=self._acc)
         self._u3.add(site)
+
+    def _accept_signature(self, site: SiteId, msg: ConsistencySignature) -> None:
+        self._check(site, msg.sender, msg.session_id)
+        if self._verifier is not None:
+            self._verifier.verify(site, self._ads[site].cert_pem, survivors_payload(self._sid, sorted(self._u3)),
+                                  msg.signature)
+        self._signatures[site] = msg.signature
 
     def _accept_revealed(self, site: SiteId, msg: RevealedShares) -> None:
         self._check(site, msg.sender, msg.session_id)

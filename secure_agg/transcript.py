@@ -19,7 +19,7 @@ from .params import SecAggParams
 if TYPE_CHECKING:
     from .messages import KeyAdvertisement
 
-__all__ = ["encode_fields", "canonical_params", "derive_session_id"]
+__all__ = ["encode_fields", "canonical_params", "derive_session_id", "derive_graph_seed"]
 
 _DOMAIN = b"fedquilt/secagg/v1"
 
@@ -45,3 +45,12 @@ def derive_session_id(nonce: bytes, params: SecAggParams, layout: VectorLayout,
     for ad in sorted(advertisements, key=lambda a: a.site):
         digest.update(encode_fields(b"ad", ad.site.encode(), ad.c_pk, ad.s_pk, hashlib.sha256(ad.cert_pem).digest()))
     return digest.digest()
+
+
+def derive_graph_seed(session_id: bytes) -> bytes:
+    """Seed of the SecAgg+ neighbour graph, fixed only once every site's fresh keys are in the session id.
+
+    The coordinator picks the nonce before any site makes its keys, so it cannot grind the graph
+    by trying nonces; all it can still vary is which advertisements it relays (see docs/threat-model.md).
+    """
+    return hashlib.sha256(encode_fields(b"graph", session_id)).digest()

@@ -49,8 +49,11 @@ def _secure_sum(vectors: dict[str, dict[str, np.ndarray]], contexts: dict[str, b
         server.receive(s, clients[s].handle(relay))
     for s, routed in server.route_shares().items():
         server.receive(s, clients[s].handle(routed))
+    consistency = server.request_consistency()
+    for s in consistency.survivors:
+        server.receive(s, clients[s].handle(consistency))
     request = server.request_unmask()
-    for s in request.survivors:
+    for s, _ in request.signatures:
         server.receive(s, clients[s].handle(request))
     return {k: np.asarray(v) for k, v in server.finish().sums.items()}
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fedquilt.agent.site_noise import site_level_epsilon
+from fedquilt.strategies.site_dp import site_level_epsilon
 from fedquilt.proto import codec
 
 pytestmark = pytest.mark.slow
@@ -20,7 +20,9 @@ def test_site_noise_is_applied_and_accounted(federation) -> None:
     for round_number, version in ((1, "v0001"), (2, "v0002")):
         site_dp = fed.running.store.manifest(fed.files.model, version)["site_level_privacy"]
         assert site_dp["noise_multiplier"] == 0.8 and site_dp["clip"] == 0.05 and site_dp["releases"] == round_number
-        assert site_dp["epsilon"] == pytest.approx(site_level_epsilon(0.8, round_number, 1.0, 1e-5))
+        # No dropouts: each sum carries the full σ; no amplification is claimed (issue 11).
+        assert site_dp["epsilon"] == pytest.approx(site_level_epsilon([0.8] * round_number, 1e-5))
+        assert site_dp["sample_rate"] == 1.0 and "no subsampling amplification" in site_dp["model"]
     # What each site submitted (its audit copy, before masking) is clipped to C plus its share of noise:
     # the noise alone has norm ≈ σ·C·sqrt(values / sites), far above C for this many values.
     for cfg in fed.files.agent_configs:

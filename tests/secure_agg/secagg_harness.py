@@ -27,8 +27,11 @@ def clock() -> dt.datetime:
     return NOW
 
 
-def _name(cn: str) -> x509.Name:
-    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+def _name(cn: str, role: str | None = None) -> x509.Name:
+    attrs = [x509.NameAttribute(NameOID.COMMON_NAME, cn)]
+    if role is not None:
+        attrs.append(x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, role))
+    return x509.Name(attrs)
 
 
 def _pem(cert: x509.Certificate) -> bytes:
@@ -52,11 +55,12 @@ class Authority:
         )
         self.pem = _pem(self.cert)
 
-    def issue(self, cn: str, *, key: SigningKey | None = None, days: tuple[int, int] = (-1, 90)) -> tuple[SigningKey, bytes]:
-        """A site key and its certificate PEM with subject CN ``cn``."""
+    def issue(self, cn: str, *, key: SigningKey | None = None, days: tuple[int, int] = (-1, 90),
+              role: str | None = "site") -> tuple[SigningKey, bytes]:
+        """A key and its certificate PEM with subject ``CN=cn, OU=role`` (the roles ``pki.issue`` writes)."""
         key = key or ec.generate_private_key(ec.SECP256R1())
         cert = (
-            x509.CertificateBuilder().subject_name(_name(cn)).issuer_name(self.cert.subject)
+            x509.CertificateBuilder().subject_name(_name(cn, role)).issuer_name(self.cert.subject)
             .public_key(key.public_key()).serial_number(x509.random_serial_number())
             .not_valid_before(NOW + dt.timedelta(days=days[0])).not_valid_after(NOW + dt.timedelta(days=days[1]))
             .sign(self.key, hashes.SHA256())
@@ -116,8 +120,12 @@ def run_round(server: ServerSession, clients: Mapping[SiteId, ClientSession],
     for site, routed in server.route_shares().items():
         if alive(site, Stage.MASKED_INPUT):
             server.receive(site, clients[site].handle(routed))
+    consistency = server.request_consistency()
+    for site in consistency.survivors:
+        if alive(site, Stage.CONSISTENCY):
+            server.receive(site, clients[site].handle(consistency))
     request = server.request_unmask()
-    for site in request.survivors:
+    for site, _ in request.signatures:
         if alive(site, Stage.UNMASK):
             server.receive(site, clients[site].handle(request))
     return server.finish()
@@ -157,8 +165,11 @@ class Stepper:
         elif server.stage == Stage.SHARE_KEYS:
             self._produced(Stage.MASKED_INPUT, dict(server.route_shares()))
         elif server.stage == Stage.MASKED_INPUT:
+            consistency = server.request_consistency()
+            self._produced(Stage.CONSISTENCY, {s: consistency for s in consistency.survivors})
+        elif server.stage == Stage.CONSISTENCY:
             request = server.request_unmask()
-            self._produced(Stage.UNMASK, {s: request for s in request.survivors})
+            self._produced(Stage.UNMASK, {s: request for s, _ in request.signatures})
         else:
             self.result = server.finish()
 

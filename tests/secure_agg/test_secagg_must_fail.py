@@ -12,7 +12,8 @@ from secagg_harness import Authority, Federation, Stepper
 
 from fedquilt.secure_agg import (
     AdvertisementsRelay, DecryptionFailed, EncryptedShares, InputError, InvalidSignature, KeyAdvertisement,
-    MaskedInput, ProtocolViolation, SessionMismatch, SharesRelay, SiteId, Stage, ThresholdNotMet, UnmaskRequest,
+    ConsistencyRequest, MaskedInput, PolicyRefusal, ProtocolViolation, SessionMismatch, SharesRelay, SiteId, Stage,
+    ThresholdNotMet,
 )
 from fedquilt.secure_agg.signing import advertisement_payload, sign
 
@@ -124,14 +125,14 @@ def test_relay_must_keep_own_advertisement(federation: Federation) -> None:
 
 
 # Unmask request -------------------------------------------------------------------------------
-def _request(stepper: Stepper) -> UnmaskRequest:
-    request = stepper.to_clients[Stage.UNMASK][A]
-    assert isinstance(request, UnmaskRequest)
+def _request(stepper: Stepper) -> ConsistencyRequest:
+    request = stepper.to_clients[Stage.CONSISTENCY][A]
+    assert isinstance(request, ConsistencyRequest)
     return request
 
 
 def test_survivors_overlapping_dropped_reveals_nothing(federation: Federation) -> None:
-    stepper = _awaiting(federation, Stage.UNMASK)
+    stepper = _awaiting(federation, Stage.CONSISTENCY)
     request = _request(stepper)
     forged = dataclasses.replace(request, dropped=(B,))  # B also listed as a survivor
     with pytest.raises(ProtocolViolation, match=r"\['site-01'\] are listed as both survivors and dropped"):
@@ -149,13 +150,13 @@ def test_survivors_overlapping_dropped_reveals_nothing(federation: Federation) -
 ])
 def test_inconsistent_unmask_lists(federation: Federation, survivors: tuple[SiteId, ...], dropped: tuple[SiteId, ...],
                                    error: type[Exception], match: str) -> None:
-    stepper = _awaiting(federation, Stage.UNMASK)
+    stepper = _awaiting(federation, Stage.CONSISTENCY)
     with pytest.raises(error, match=match):
         stepper.clients[A].handle(dataclasses.replace(_request(stepper), survivors=survivors, dropped=dropped))
 
 
 def test_server_refuses_unexpected_reveals(federation: Federation) -> None:
-    stepper = Stepper(federation).server_collecting(Stage.MASKED_INPUT)
+    stepper = Stepper(federation).server_collecting(Stage.CONSISTENCY)
     stepper.step()  # request_unmask
     reply = stepper.clients[A].handle(stepper.to_clients[Stage.UNMASK][A])
     leaked = dataclasses.replace(reply, mask_key_shares=reply.self_mask_shares[:1])  # type: ignore[type-var]
@@ -232,7 +233,7 @@ def test_missing_input_and_weak_threshold(federation: Federation) -> None:
         stepper.clients[A].handle(stepper.to_clients[Stage.MASKED_INPUT][A])
     weak = Stepper(federation, 4, params=dataclasses.replace(Stepper(federation, 4).params, threshold=2))
     weak.step()
-    with pytest.raises(ProtocolViolation, match="threshold 2 is not above"):
+    with pytest.raises(PolicyRefusal, match="threshold 2 is not above"):
         weak.clients[A].handle(weak.to_clients[Stage.ANNOUNCE][A])
 
 

@@ -11,12 +11,15 @@ from hypothesis import strategies as st
 from secagg_harness import Federation, run_round, site_names
 
 from fedquilt.secure_agg import (
-    AggregateResult, SecAggParams, SiteId, Stage, ThresholdNotMet, VectorLayout, default_params,
+    AggregateResult, ClientPolicy, SecAggParams, SiteId, Stage, ThresholdNotMet, VectorLayout, default_params,
 )
 from fedquilt.secure_agg.graph import neighbours
+from fedquilt.secure_agg.transcript import derive_graph_seed
 from fedquilt.secure_agg.quantize import quantize
 
 Vectors = dict[SiteId, dict[str, np.ndarray]]
+MATH_ONLY = ClientPolicy(min_sites=1, min_threshold_fraction=0.0)
+"""These tests check the arithmetic on tiny cohorts; the site policy's floor is tested in test_secagg_policy.py."""
 
 
 def _vectors(sites: list[SiteId], seed: int = 0, size: int = 6) -> Vectors:
@@ -34,7 +37,7 @@ def _run(federation: Federation, n: int, params: SecAggParams, silent: Mapping[S
     vectors = vectors or _vectors(sites, seed=n)
     layout = VectorLayout.of(vectors[sites[0]])
     server = federation.server(params, layout, sites, **server_kw)
-    clients = {s: federation.client(s, vectors[s], rounding_seed=_rounding_seed(s)) for s in sites}
+    clients = {s: federation.client(s, vectors[s], rounding_seed=_rounding_seed(s), policy=MATH_ONLY) for s in sites}
     return run_round(server, clients, silent), vectors
 
 
@@ -82,10 +85,32 @@ def test_fifty_sites_with_drops_at_every_stage(federation: Federation, degree: i
 
 def test_secagg_plus_prunes_a_site_whose_holders_all_left(federation: Federation) -> None:
     params = SecAggParams(threshold=7, clip=1.0, max_sites=12, degree=4, share_threshold=3)
-    nonce = b"fixed nonce for a known graph!!!"
-    graph = neighbours(site_names(12), 4, nonce)
+    sites = site_names(12)
+    vectors = _vectors(sites, seed=12)
+    server = federation.server(params, VectorLayout.of(vectors[sites[0]]), sites)
+    clients = {s: federation.client(s, vectors[s], rounding_seed=_rounding_seed(s)) for s in sites}
+    announce = server.start()
+    for s in announce.cohort:
+        server.receive(s, clients[s].handle(announce))
+    relay = server.relay_advertisements()
+    # The graph is known only now: seeded by the session id, i.e. by every advertised key.
+    assert server.session_id is not None
+    graph = neighbours(sites, 4, derive_graph_seed(server.session_id))
     victim = SiteId("site-00")
-    result, vectors = _run(federation, 12, params, {s: Stage.ADVERTISE_KEYS for s in graph[victim]}, nonce=nonce)
+    for ad in relay.advertisements:
+        if ad.site not in graph[victim]:  # the victim's four holders vanish before sharing
+            server.receive(ad.site, clients[ad.site].handle(relay))
+    routes = server.route_shares()
+    assert victim not in routes and len(routes) == 7
+    for s, routed in routes.items():
+        server.receive(s, clients[s].handle(routed))
+    consistency = server.request_consistency()
+    for s in consistency.survivors:
+        server.receive(s, clients[s].handle(consistency))
+    request = server.request_unmask()
+    for s, _ in request.signatures:
+        server.receive(s, clients[s].handle(request))
+    result = server.finish()
     assert victim not in result.contributors and len(result.contributors) == 7
     _check_against_oracle(result, vectors, params)
 

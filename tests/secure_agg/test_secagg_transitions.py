@@ -8,16 +8,17 @@ import pytest
 from secagg_harness import Federation, Stepper
 
 from fedquilt.secure_agg import (
-    AdvertisementsRelay, Announce, ProtocolViolation, ServerSession, SharesRelay, SiteId, Stage, ThresholdNotMet,
-    UnmaskRequest,
+    AdvertisementsRelay, Announce, ConsistencyRequest, ProtocolViolation, ServerSession, SharesRelay, SiteId, Stage,
+    ThresholdNotMet, UnmaskRequest,
 )
 
 SITE = SiteId("site-00")
-CLIENT_STAGES = [Stage.ANNOUNCE, Stage.SHARE_KEYS, Stage.MASKED_INPUT, Stage.UNMASK, Stage.DONE, Stage.FAILED]
+CLIENT_STAGES = [Stage.ANNOUNCE, Stage.SHARE_KEYS, Stage.MASKED_INPUT, Stage.CONSISTENCY, Stage.UNMASK, Stage.DONE,
+                 Stage.FAILED]
 SERVER_MESSAGES = {Stage.ANNOUNCE: Announce, Stage.SHARE_KEYS: AdvertisementsRelay,
-                   Stage.MASKED_INPUT: SharesRelay, Stage.UNMASK: UnmaskRequest}
+                   Stage.MASKED_INPUT: SharesRelay, Stage.CONSISTENCY: ConsistencyRequest, Stage.UNMASK: UnmaskRequest}
 CLIENT_NEXT = {Stage.ANNOUNCE: Stage.SHARE_KEYS, Stage.SHARE_KEYS: Stage.MASKED_INPUT,
-               Stage.MASKED_INPUT: Stage.UNMASK, Stage.UNMASK: Stage.DONE}
+               Stage.MASKED_INPUT: Stage.CONSISTENCY, Stage.CONSISTENCY: Stage.UNMASK, Stage.UNMASK: Stage.DONE}
 
 
 @pytest.fixture(scope="module")
@@ -60,13 +61,15 @@ SERVER_ACTIONS: dict[str, tuple[Stage, Callable[[ServerSession], object]]] = {
     "start": (Stage.ANNOUNCE, ServerSession.start),
     "relay_advertisements": (Stage.ADVERTISE_KEYS, ServerSession.relay_advertisements),
     "route_shares": (Stage.SHARE_KEYS, ServerSession.route_shares),
-    "request_unmask": (Stage.MASKED_INPUT, ServerSession.request_unmask),
+    "request_consistency": (Stage.MASKED_INPUT, ServerSession.request_consistency),
+    "request_unmask": (Stage.CONSISTENCY, ServerSession.request_unmask),
     "finish": (Stage.UNMASK, ServerSession.finish),
 }
-SERVER_STAGES = [Stage.ANNOUNCE, Stage.ADVERTISE_KEYS, Stage.SHARE_KEYS, Stage.MASKED_INPUT, Stage.UNMASK,
-                 Stage.DONE, Stage.FAILED]
+SERVER_STAGES = [Stage.ANNOUNCE, Stage.ADVERTISE_KEYS, Stage.SHARE_KEYS, Stage.MASKED_INPUT, Stage.CONSISTENCY,
+                 Stage.UNMASK, Stage.DONE, Stage.FAILED]
 SERVER_NEXT = {Stage.ANNOUNCE: Stage.ADVERTISE_KEYS, Stage.ADVERTISE_KEYS: Stage.SHARE_KEYS,
-               Stage.SHARE_KEYS: Stage.MASKED_INPUT, Stage.MASKED_INPUT: Stage.UNMASK, Stage.UNMASK: Stage.DONE}
+               Stage.SHARE_KEYS: Stage.MASKED_INPUT, Stage.MASKED_INPUT: Stage.CONSISTENCY,
+               Stage.CONSISTENCY: Stage.UNMASK, Stage.UNMASK: Stage.DONE}
 
 
 def _server_at(federation: Federation, stage: Stage) -> Stepper:
@@ -94,7 +97,8 @@ def test_server_table(federation: Federation, server_stage: Stage, action: str) 
         assert server.stage == server_stage
 
 
-@pytest.mark.parametrize("message_stage", [Stage.ADVERTISE_KEYS, Stage.SHARE_KEYS, Stage.MASKED_INPUT, Stage.UNMASK])
+@pytest.mark.parametrize("message_stage", [Stage.ADVERTISE_KEYS, Stage.SHARE_KEYS, Stage.MASKED_INPUT, Stage.CONSISTENCY,
+                                           Stage.UNMASK])
 @pytest.mark.parametrize("server_stage", SERVER_STAGES)
 def test_server_receive_table(federation: Federation, reference: Stepper, server_stage: Stage,
                               message_stage: Stage) -> None:

@@ -232,9 +232,9 @@ def coordinator(tmp_path: Path, wire_workspace: Workspace) -> Iterator[Callable[
     started: list[Wire] = []
     fp = fingerprint(wire_workspace.model_dir)
 
-    def start(secagg: bool = False, **server_fields: Any) -> Wire:
+    def start(secagg: bool = False, timeouts: tuple[float, float] = (60.0, 60.0), **server_fields: Any) -> Wire:
         files = write_federation(tmp_path / f"fed{len(started)}", wire_workspace, secagg=secagg, min_sites=2,
-                                 timeouts=(60.0, 60.0), rounds=1)
+                                 timeouts=timeouts, rounds=1)
         limits = {"max_upload_bytes": MAX_UPLOAD_BYTES, "max_message_bytes": MAX_MESSAGE_BYTES,
                   "long_poll_seconds": 1.0}
         _edit_config(files.coordinator_config, {**limits, **server_fields})

@@ -90,7 +90,9 @@ def _advertise_stage(w: Any) -> dict[str, pb.Task]:
 def _client(w: Any, who: str) -> sa.ClientSession:
     cert, key = w.cert(who)
     ca = (w.files.ca_dir / "ca.pem").read_bytes()
-    return sa.ClientSession(sa.SiteId(who), sa.load_signing_key(key.read_bytes()), cert.read_bytes(), ca)
+    # A two-site cohort: this test client plays a site whose own [privacy] floor allows 2.
+    return sa.ClientSession(sa.SiteId(who), sa.load_signing_key(key.read_bytes()), cert.read_bytes(), ca,
+                            policy=sa.ClientPolicy(min_sites=2))
 
 
 def _advertisement(w: Any, who: str, task: pb.Task) -> Any:
