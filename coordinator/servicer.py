@@ -17,6 +17,7 @@ from .orchestrator import Orchestrator
 from .pki import Role
 from .registry import FileModelStore
 from .rpc_errors import translated
+from .site_input import hello_facts, train_metrics, unmask_metrics
 from .steps import Assignment, SiteId, Step
 
 _ANY_ROLE = {Role.SITE, Role.ADMIN, Role.COORDINATOR}
@@ -49,10 +50,13 @@ class FederationServicer(pb_grpc.FederationServicer):
         with translated(context, "Hello", self.metrics):
             site = self._site(context)
             shapes = {k: tuple(int(d) for d in v.dims) for k, v in request.target_shapes.items()}
-            if any(len(s) != 2 or min(s) <= 0 for s in shapes.values()) or not shapes:
-                raise codec.CodecError(f"target_shapes must name 2-D weights with positive dims, got {shapes}")
-            last = self.orch.hello(site, int(request.num_samples), int(request.lora_rank), float(request.lora_alpha),
-                                   request.base_fingerprint, request.task, shapes)  # type: ignore[arg-type]
+            if any(len(s) != 2 for s in shapes.values()):
+                raise codec.CodecError(f"target_shapes must name 2-D weights, got {dict(list(shapes.items())[:3])}")
+            facts = hello_facts(num_samples=int(request.num_samples), rank=int(request.lora_rank),
+                                alpha=float(request.lora_alpha), fingerprint=request.base_fingerprint,
+                                task=request.task, shapes=shapes)
+            last = self.orch.hello(site, facts.num_samples, facts.rank, facts.alpha, facts.fingerprint, facts.task,
+                                   facts.shapes)
             return pb.HelloReply(site_id=site, federation=self.orch.fed.name, base_fingerprint=self.orch.fed.base_fingerprint,
                                  rule=self.orch.fed.rule, last_step=last, max_chunk_bytes=self.chunk_bytes)
 
@@ -90,34 +94,16 @@ class FederationServicer(pb_grpc.FederationServicer):
             site = self._site(context)
             kind = Step(pb.StepKind.Name(request.kind)) if request.kind else None
             if kind is Step.TRAIN:
-                metrics = _metrics(request.metrics_json)
+                metrics = train_metrics(request.metrics_json)
                 self.orch.trained(site, request.round_id, int(request.step), metrics)
             elif kind in (Step.DECLARE_LAYOUT, Step.SECAGG_ADVERTISE, Step.SECAGG_SHARE, Step.SECAGG_UNMASK):
-                clipped = _clipped(request.metrics_json) if kind is Step.SECAGG_UNMASK else 0
+                clipped = unmask_metrics(request.metrics_json) if kind is Step.SECAGG_UNMASK else 0
                 self.orch.secagg_message(site, request.round_id, int(request.step), kind, request.payload)
                 if clipped:
                     self.metrics.record_clipped(clipped)
             else:
                 raise codec.CodecError(f"Submit does not take kind {pb.StepKind.Name(request.kind)}")
             return pb.Ack(accepted=True, message="accepted")
-
-
-def _clipped(text: str) -> int:
-    """The site's count of clipped values, reported with its unmasking shares."""
-    value = _metrics(text).get("clipped", 0)
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise codec.CodecError(f"metrics_json.clipped must be a count >= 0, got {value!r}")
-    return value
-
-
-def _metrics(text: str) -> dict[str, Any]:
-    try:
-        value = json.loads(text or "{}")
-    except json.JSONDecodeError as exc:
-        raise codec.CodecError(f"metrics_json is not JSON: {exc}") from None
-    if not isinstance(value, dict) or len(text) > 65536:
-        raise codec.CodecError("metrics_json must be a JSON object under 64 KiB")
-    return value
 
 
 class ModelsServicer(pb_grpc.ModelsServicer):

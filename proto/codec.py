@@ -45,6 +45,8 @@ class RoundSpec(BaseModel):
     global_version: str | None = None
     secagg: dict[str, Any] | None = None
     """Secure-aggregation parameters, or None for plaintext aggregation."""
+    weights: dict[str, int] = Field(default_factory=dict)
+    """The count n each site weights its submission by (the federation's weighting, capped); empty: its own."""
 
 
 def encode_spec(spec: RoundSpec) -> str:

@@ -27,7 +27,7 @@ from fedquilt.cli.federation_files import FederationFiles, write_federation
 from fedquilt.cli.workspace import SitePaths, Workspace
 from fedquilt.coordinator import server
 from fedquilt.coordinator.collect import PlainCollector
-from fedquilt.coordinator.config import load_config
+from fedquilt.coordinator.config import FederationConfig, load_config
 from fedquilt.proto import codec
 from fedquilt.proto import federation_pb2 as pb
 from fedquilt.proto import federation_pb2_grpc as pb_grpc
@@ -109,6 +109,18 @@ class Wire:
     def admin(self, who: str = "admin") -> pb_grpc.AdminStub:
         """Admin stub for ``who``."""
         return pb_grpc.AdminStub(self.channel(who))
+
+    def standin(self, who: str, **kwargs: Any) -> Any:
+        """A real agent loop for ``who`` (own channel, secure-sum client) around a stand-in trainer."""
+        from fedquilt.bench.standin import standin_loop
+
+        cert, key = self.cert(who)
+        kwargs.setdefault("shapes", SHAPES)
+        kwargs.setdefault("rank", RANK)
+        kwargs.setdefault("give_up_after", 3.0)  # the loop ends soon after the test stops the coordinator
+        return standin_loop(self.address, (self.files.ca_dir / "ca.pem").read_bytes(), cert.read_bytes(),
+                            key.read_bytes(), fingerprint=self.fingerprint,
+                            state_dir=self.files.root / f"standin-{who}", **kwargs)
 
     def close(self) -> None:
         """Close every channel."""
@@ -203,9 +215,10 @@ class Wire:
         return json.loads(json.dumps(state, default=str))  # type: ignore[no-any-return]
 
 
-def _edit_config(path: Path, server_fields: dict[str, Any]) -> None:
+def _edit_config(path: Path, server_fields: dict[str, Any], federation_fields: dict[str, Any] | None = None) -> None:
     data = tomllib.loads(path.read_text())
     data["server"].update(server_fields)
+    data["federation"].update(federation_fields or {})
     path.write_text(tomli_w.dumps(data))
 
 
@@ -232,12 +245,15 @@ def coordinator(tmp_path: Path, wire_workspace: Workspace) -> Iterator[Callable[
     started: list[Wire] = []
     fp = fingerprint(wire_workspace.model_dir)
 
-    def start(secagg: bool = False, **server_fields: Any) -> Wire:
+    def start(secagg: bool = False, federation: dict[str, Any] | None = None, **server_fields: Any) -> Wire:
+        """``federation`` overrides [federation] fields (default: the operator names the targets, SHAPES)."""
         files = write_federation(tmp_path / f"fed{len(started)}", wire_workspace, secagg=secagg, min_sites=2,
                                  timeouts=(60.0, 60.0), rounds=1)
         limits = {"max_upload_bytes": MAX_UPLOAD_BYTES, "max_message_bytes": MAX_MESSAGE_BYTES,
                   "long_poll_seconds": 1.0}
-        _edit_config(files.coordinator_config, {**limits, **server_fields})
+        fed_fields = {"target_shapes": {k: list(v) for k, v in SHAPES.items()}, **(federation or {})}
+        _edit_config(files.coordinator_config, {**limits, **server_fields},
+                     {k: v for k, v in fed_fields.items() if v is not None and k in FederationConfig.model_fields})
         running = server.start(load_config(files.coordinator_config), tick_seconds=0.02)
         wire = Wire(files, running, fp)
         started.append(wire)
