@@ -122,6 +122,31 @@ class Wire:
                             key.read_bytes(), fingerprint=self.fingerprint,
                             state_dir=self.files.root / f"standin-{who}", **kwargs)
 
+    def restart(self) -> None:
+        """Stop the coordinator and start it again on the same files (state and store are kept; new port)."""
+        self.close()
+        self._channels.clear()
+        self.running.stop(grace=0.1)
+        self.running = server.start(load_config(self.files.coordinator_config), tick_seconds=0.02)
+
+    def publish_one_round(self, sites: tuple[str, ...] = ("site-0", "site-1")) -> list[dict[str, Any]]:
+        """Drive one plaintext round by hand to its published version; returns the history."""
+        # after = last_step - 1: a round that opened before this Hello is the site's current step
+        steps = {s: max(self.hello(s).last_step - 1, 0) for s in sites}
+        uploads = self.next_stage({s: self._next_train(s, steps[s]) for s in sites}, pb.UPLOAD_PLAIN)
+        for i, (who, task) in enumerate(uploads.items()):
+            self.upload(who, task, codec.encode_tensors(tensors(seed=i)))
+        return self.wait_history(len(self.running.orchestrator.status()["history"]) + 1)
+
+    def _next_train(self, who: str, after: int, within: float = 10.0) -> pb.Task:
+        deadline = time.monotonic() + within
+        while time.monotonic() < deadline:
+            task = self.fed(who).WaitForTask(pb.WaitRequest(after_step=after, wait_seconds=1.0), timeout=CALL_TIMEOUT)
+            if task.kind == pb.TRAIN:
+                return task
+            after = max(after, task.step) if task.kind != pb.IDLE else after
+        raise TimeoutError(f"{who}: no TRAIN within {within}s")
+
     def close(self) -> None:
         """Close every channel."""
         for chan in self._channels.values():
