@@ -33,7 +33,7 @@ from typing import Any, Callable, Mapping, Protocol, Sequence
 
 import numpy as np
 
-from ..proto.codec import RoundSpec, encode_aggregate, encode_spec, encode_tensors
+from ..proto.codec import SESSION_ID_BYTES, RoundSpec, encode_aggregate, encode_spec, encode_tensors
 from ..strategies.base import Aggregate, Broadcast, IndividualRule, RoundContext, Rule
 from .collect import PlainCollector
 from .config import FederationConfig, Weighting
@@ -187,6 +187,49 @@ class Orchestrator:
             record.last_seen = self.clock()
             return record.assignment
 
+    def poll(self, site: SiteId, after_step: int) -> Assignment | None:
+        """The site's newest assignment if it is newer than ``after_step``, else None (never blocks)."""
+        with self._cond:
+            record = self._site(site)
+            record.last_seen = self.clock()
+            return record.assignment if record.assignment.step > after_step else None
+
+    @property
+    def step_counter(self) -> int:
+        """Grows whenever any site is given a new assignment (the async edge wakes long polls on change)."""
+        return self._step
+
+    def upload_size(self, site: SiteId, round_id: str, step: int, phase: int, encoding: str) -> int | None:
+        """Check an upload's header against the open round before any body byte is read.
+
+        Returns the exact body size a masked input must have, or None for a plaintext upload (its size
+        is bounded by the server's limit); raises the same errors ``upload`` would.
+        """
+        with self._cond:
+            rnd, collector = self._upload_target(site, round_id, step, phase, encoding)
+            if isinstance(collector, PlainCollector):
+                return None
+            session = getattr(collector, "session", None)
+            if session is None or collector.stage is not Step.SECAGG_MASKED:
+                raise StaleStep(f"round {round_id} is not collecting masked input")
+            width = 4 if session.params.ring_bits == 32 else 8
+            return int(SESSION_ID_BYTES + width * session.layout.size)
+
+    def _upload_target(self, site: SiteId, round_id: str, step: int, phase: int, encoding: str) -> tuple[RoundRecord, Any]:
+        rnd = self._round_for(site, round_id)
+        if rnd.stage is not RoundStage.PHASE or rnd.phase != phase:
+            raise StaleStep(f"round {round_id} is not collecting phase {phase}")
+        if site not in rnd.participants:
+            raise NotInCohort(f"{site} is not a participant of phase {phase} of round {round_id}")
+        collector = rnd.collector
+        if isinstance(collector, PlainCollector):
+            if encoding != "FLOAT32":
+                raise InvalidRequest(f"this phase collects plaintext FLOAT32 vectors, not {encoding}")
+            self._expect(site, step, Step.UPLOAD_PLAIN)
+        else:
+            self._expect(site, step, Step.SECAGG_MASKED)
+        return rnd, collector
+
     def global_payload(self, site: SiteId) -> bytes:
         """The current global state for training (empty before the first version)."""
         with self._cond:
@@ -217,19 +260,10 @@ class Orchestrator:
                layout: list[tuple[str, tuple[int, ...]]], payload: bytes) -> bool:
         """One site's vectors for the current phase; False for an identical retry."""
         with self._cond:
-            rnd = self._round_for(site, round_id)
-            if rnd.stage is not RoundStage.PHASE or rnd.phase != phase:
-                raise StaleStep(f"round {round_id} is not collecting phase {phase}")
-            if site not in rnd.participants:
-                raise NotInCohort(f"{site} is not a participant of phase {phase} of round {round_id}")
-            collector = rnd.collector
+            rnd, collector = self._upload_target(site, round_id, step, phase, encoding)
             if isinstance(collector, PlainCollector):
-                if encoding != "FLOAT32":
-                    raise InvalidRequest(f"this phase collects plaintext FLOAT32 vectors, not {encoding}")
-                self._expect(site, step, Step.UPLOAD_PLAIN)
                 added = collector.add(site, payload)
             else:
-                self._expect(site, step, Step.SECAGG_MASKED)
                 added = collector.masked_input(site, encoding, layout, payload)
             self._cond.notify_all()
             return bool(added)
