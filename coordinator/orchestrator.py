@@ -510,7 +510,7 @@ class Orchestrator:
             "site_level_privacy": self._site_level_privacy(rnd),
         }
         metrics = {s: rnd.trained[s] for s in sorted(rnd.participants)}
-        entry = {  # everything that can fail is computed before the version is written
+        entry: dict[str, Any] = {  # everything that can fail is computed before the version is written
             "round": rnd.number, "version": None, "contributors": len(rnd.participants),
             "dropouts": len(rnd.cohort) - len(rnd.participants), "seconds": round(now - rnd.started, 2),
             "loss_before": _mean(m.get("loss_before") for m in metrics.values()),

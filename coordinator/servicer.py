@@ -18,7 +18,7 @@ import functools
 import json
 from concurrent.futures import Executor
 from dataclasses import dataclass
-from typing import Any, AsyncIterator, Awaitable, Callable, Mapping, Sequence, TypeVar, cast
+from typing import TYPE_CHECKING, Any, AsyncIterator, Awaitable, Callable, Mapping, Sequence, TypeVar, cast
 
 import grpc
 import grpc.aio
@@ -41,7 +41,8 @@ from .wakeups import Wakeups, wait_for_change
 T = TypeVar("T")
 M = TypeVar("M", bound=Message)
 Ctx = Any  # grpc.aio.ServicerContext; its stubs are generic over raw bytes here
-Handler = grpc.RpcMethodHandler
+if TYPE_CHECKING:
+    Handler = grpc.RpcMethodHandler[Any, Any]
 
 
 @dataclass
