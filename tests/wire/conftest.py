@@ -27,7 +27,7 @@ from fedquilt.cli.federation_files import FederationFiles, write_federation
 from fedquilt.cli.workspace import SitePaths, Workspace
 from fedquilt.coordinator import server
 from fedquilt.coordinator.collect import PlainCollector
-from fedquilt.coordinator.config import FederationConfig, load_config
+from fedquilt.coordinator.config import FederationConfig, ServerConfig, load_config
 from fedquilt.proto import codec
 from fedquilt.proto import federation_pb2 as pb
 from fedquilt.proto import federation_pb2_grpc as pb_grpc
@@ -131,12 +131,13 @@ class Wire:
 
     def publish_one_round(self, sites: tuple[str, ...] = ("site-0", "site-1")) -> list[dict[str, Any]]:
         """Drive one plaintext round by hand to its published version; returns the history."""
+        done = len(self.running.orchestrator.status()["history"])
         # after = last_step - 1: a round that opened before this Hello is the site's current step
         steps = {s: max(self.hello(s).last_step - 1, 0) for s in sites}
         uploads = self.next_stage({s: self._next_train(s, steps[s]) for s in sites}, pb.UPLOAD_PLAIN)
         for i, (who, task) in enumerate(uploads.items()):
             self.upload(who, task, codec.encode_tensors(tensors(seed=i)))
-        return self.wait_history(len(self.running.orchestrator.status()["history"]) + 1)
+        return self.wait_history(done + 1)
 
     def _next_train(self, who: str, after: int, within: float = 10.0) -> pb.Task:
         deadline = time.monotonic() + within
@@ -277,7 +278,8 @@ def coordinator(tmp_path: Path, wire_workspace: Workspace) -> Iterator[Callable[
         limits = {"max_upload_bytes": MAX_UPLOAD_BYTES, "max_message_bytes": MAX_MESSAGE_BYTES,
                   "long_poll_seconds": 1.0}
         fed_fields = {"target_shapes": {k: list(v) for k, v in SHAPES.items()}, **(federation or {})}
-        _edit_config(files.coordinator_config, {**limits, **server_fields},
+        server_known = {k: v for k, v in {**limits, **server_fields}.items() if k in ServerConfig.model_fields}
+        _edit_config(files.coordinator_config, server_known,
                      {k: v for k, v in fed_fields.items() if v is not None and k in FederationConfig.model_fields})
         running = server.start(load_config(files.coordinator_config), tick_seconds=0.02)
         wire = Wire(files, running, fp)
