@@ -197,8 +197,8 @@ def test_a_never_enrolled_site_streaming_1_gib_does_not_grow_coordinator_memory(
         time.sleep(0.5)
         done.set()
         sampler.join()
-        assert err.value.code() is grpc.StatusCode.FAILED_PRECONDITION, err.value.details()
         assert max(peak) - idle < 100, f"coordinator RSS went from {idle:.0f} MiB to {max(peak):.0f} MiB"
+        assert err.value.code() is grpc.StatusCode.FAILED_PRECONDITION, err.value.details()
     finally:
         proc.terminate()
         proc.wait(timeout=20)
