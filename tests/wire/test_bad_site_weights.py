@@ -133,3 +133,18 @@ def test_a_plaintext_upload_with_another_count_is_refused(coordinator) -> None:
     before = w.snapshot()
     assert w.refused(lambda: w.upload("site-0", tasks["site-0"], codec.encode_tensors(w.tensors(n=2**20)))) is INVALID
     assert w.snapshot() == before
+
+
+def test_an_aggregate_far_larger_than_the_previous_global_is_discarded(coordinator) -> None:
+    w = coordinator(federation={"rounds": 3})
+    assert w.publish_one_round()[0]["version"] == "v0001"
+    done = len(w.running.orchestrator.status()["history"])
+    steps = {s: max(w.hello(s).last_step - 1, 0) for s in HONEST}
+    uploads = w.next_stage({s: w._next_train(s, steps[s]) for s in HONEST}, pb.UPLOAD_PLAIN)
+    huge = {k: (v * 1e4 if k != N_KEY else v) for k, v in w.tensors(seed=5).items()}  # the honest count, huge factors
+    w.upload("site-0", uploads["site-0"], codec.encode_tensors(huge))
+    w.upload("site-1", uploads["site-1"], codec.encode_tensors(w.tensors(seed=6)))
+    history = w.wait_history(done + 1)
+    assert history[-1]["version"] is None and "previous global" in history[-1]["discarded"], history[-1]
+    assert w.running.store.versions(w.files.model) == ["v0001"]
+    assert w.publish_one_round()[-1]["version"] == "v0002"  # an ordinary round after it publishes
