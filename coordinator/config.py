@@ -60,6 +60,8 @@ class ServerConfig(_Strict):
     """Certificate roles that may list and pull published versions."""
     log_refusals_every: float = Field(10.0, ge=0)
     """At most one refusal log line per peer and RPC in this many seconds (the rest are counted)."""
+    status_token_file: Path | None = None
+    """A file holding a bearer token the status page and /metrics then require (not /healthz)."""
 
 
 class SecAggConfig(_Strict):
@@ -171,7 +173,7 @@ def load_config(path: Path, environ: dict[str, str] | None = None) -> Coordinato
     for section, fields in _overrides(dict(os.environ if environ is None else environ)).items():
         raw.setdefault(section, {}).update(fields)
     base = path.resolve().parent
-    for section, keys in (("tls", ("ca", "cert", "key", "crl")), ("", ("state_dir",))):
+    for section, keys in (("tls", ("ca", "cert", "key", "crl")), ("server", ("status_token_file",)), ("", ("state_dir",))):
         table = raw.get(section, {}) if section else raw
         for k in keys:
             if isinstance(table.get(k), str):

@@ -155,7 +155,8 @@ def _start_locked(cfg: CoordinatorConfig, metrics: Metrics, rule: Any, tick_seco
     metrics.bind(orch.status)
     http, http_port = None, None
     if cfg.server.metrics_listen:
-        http, http_port = start_http(cfg.server.metrics_listen, metrics, orch.status)
+        token = cfg.server.status_token_file.read_text().strip() if cfg.server.status_token_file else None
+        http, http_port = start_http(cfg.server.metrics_listen, metrics, orch.status, token=token or None)
         (cfg.state_dir / "status.port").write_text(str(http_port))
         log.info("metrics and status page on http://%s:%d/status", cfg.server.metrics_listen.rsplit(":", 1)[0], http_port)
     log.info("coordinator listening on port %d (federation %s, rule %s, secure aggregation %s)", port, fed.name,

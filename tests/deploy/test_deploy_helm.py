@@ -156,3 +156,18 @@ def test_no_secret_material_in_the_chart() -> None:
             text = path.read_text()
             assert "PRIVATE KEY" not in text and "BEGIN CERTIFICATE" not in text, path
     assert "Secret" not in render()
+
+
+def test_an_optional_bearer_token_guards_the_status_page_and_metrics(tmp_path: Path) -> None:
+    assert "status_token_file" not in render()["ConfigMap"]["data"]["coordinator.toml"]
+    objs = render({"status": {"tokenSecretName": "fq-status-token"}, "serviceMonitor": {"enabled": True}})
+    pod = objs["StatefulSet"]["spec"]["template"]["spec"]
+    mounts = {m["name"]: m for m in pod["containers"][0]["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert mounts["status-token"]["mountPath"] == "/etc/fedquilt/status-token" and mounts["status-token"]["readOnly"]
+    assert volumes["status-token"]["secret"]["secretName"] == "fq-status-token"
+    path = tmp_path / "coordinator.toml"
+    path.write_text(objs["ConfigMap"]["data"]["coordinator.toml"])
+    assert load_config(path, environ={}).server.status_token_file == Path("/etc/fedquilt/status-token/token")
+    endpoint = objs["ServiceMonitor"]["spec"]["endpoints"][0]
+    assert endpoint["bearerTokenSecret"] == {"name": "fq-status-token", "key": "token"}
