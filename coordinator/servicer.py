@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+from contextlib import asynccontextmanager
 import json
 from concurrent.futures import Executor
 from dataclasses import dataclass
@@ -80,19 +81,26 @@ def decode(kind: type[M], raw: bytes) -> M:
     return kind.FromString(raw)
 
 
+@asynccontextmanager
+async def guarded(edge: Edge, context: Ctx, method: str) -> AsyncIterator[None]:
+    """Hold one of the peer's call slots; any error ends the call with its precise status."""
+    peer = _peer(context)
+    try:
+        with edge.limits.call(peer, method):
+            yield
+    except grpc.aio.AbortError:
+        raise
+    except Exception as exc:
+        await refuse(context, exc, method, peer, edge.refusals, edge.metrics)
+
+
 def unary(edge: Edge, method: str, kind: type[M], body: Callable[[M, Ctx], Awaitable[Message]]) -> Handler:
     """A unary method handler on raw bytes."""
 
     async def call(raw: bytes, context: Ctx) -> bytes:
-        peer = _peer(context)
-        try:
-            with edge.limits.call(peer, method):
-                reply = await body(decode(kind, raw), context)
-                return reply.SerializeToString()
-        except grpc.aio.AbortError:
-            raise
-        except Exception as exc:
-            await refuse(context, exc, method, peer, edge.refusals, edge.metrics)
+        async with guarded(edge, context, method):
+            return (await body(decode(kind, raw), context)).SerializeToString()
+        raise AssertionError("unreachable: guarded ends the call")  # pragma: no cover
 
     return grpc.unary_unary_rpc_method_handler(call)
 
@@ -102,16 +110,9 @@ def unary_stream(edge: Edge, method: str, kind: type[M],
     """A server-streaming handler: ``body`` returns every reply message (built before the first is sent)."""
 
     async def call(raw: bytes, context: Ctx) -> AsyncIterator[bytes]:
-        peer = _peer(context)
-        try:
-            with edge.limits.call(peer, method):
-                replies = await body(decode(kind, raw), context)
-                for reply in replies:
-                    yield reply.SerializeToString()
-        except grpc.aio.AbortError:
-            raise
-        except Exception as exc:
-            await refuse(context, exc, method, peer, edge.refusals, edge.metrics)
+        async with guarded(edge, context, method):
+            for reply in await body(decode(kind, raw), context):
+                yield reply.SerializeToString()
 
     return grpc.unary_stream_rpc_method_handler(call)
 
@@ -192,16 +193,11 @@ class FederationService:
 
     async def upload(self, requests: AsyncIterator[bytes], context: Ctx) -> bytes:
         """Header checked against the open round first, then the body within deadlines, one stream per site."""
-        peer = _peer(context)
-        try:
-            with self.edge.limits.call(peer, "Upload"):
-                site = self._site(context)
-                with self.edge.limits.upload(site):
-                    return (await self._upload(site, requests)).SerializeToString()
-        except grpc.aio.AbortError:
-            raise
-        except Exception as exc:
-            await refuse(context, exc, "Upload", peer, self.edge.refusals, self.edge.metrics)
+        async with guarded(self.edge, context, "Upload"):
+            site = self._site(context)
+            with self.edge.limits.upload(site):
+                return (await self._upload(site, requests)).SerializeToString()
+        raise AssertionError("unreachable: guarded ends the call")  # pragma: no cover
 
     async def _upload(self, site: SiteId, requests: AsyncIterator[bytes]) -> pb.Ack:
         loop = asyncio.get_running_loop()
