@@ -202,3 +202,19 @@ def test_a_never_enrolled_site_streaming_1_gib_does_not_grow_coordinator_memory(
     finally:
         proc.terminate()
         proc.wait(timeout=20)
+
+
+def test_calls_over_the_global_cap_are_resource_exhausted(coordinator) -> None:
+    w = coordinator(long_poll_seconds=30.0, maximum_concurrent_rpcs=8, max_calls_per_peer=64)
+    w.hello("site-1")
+    polls = [w.fed("site-1").WaitForTask.future(pb.WaitRequest(after_step=2**62, wait_seconds=30), timeout=30)
+             for _ in range(10)]
+    try:
+        time.sleep(0.5)
+        codes = sorted(p.exception().code().name for p in polls if p.done())
+        assert codes == ["RESOURCE_EXHAUSTED", "RESOURCE_EXHAUSTED"], codes
+    finally:
+        for p in polls:
+            p.cancel()
+    time.sleep(0.3)
+    assert w.hello("site-0").site_id == "site-0"  # once the polls are gone, calls are served again
