@@ -137,7 +137,14 @@ class Wire:
         uploads = self.next_stage({s: self._next_train(s, steps[s]) for s in sites}, pb.UPLOAD_PLAIN)
         for i, (who, task) in enumerate(uploads.items()):
             self.upload(who, task, codec.encode_tensors(tensors(seed=i)))
-        return self.wait_history(done + 1)
+        history = self.wait_history(done + 1)
+        orch = self.running.orchestrator
+        deadline = time.monotonic() + 10
+        while orch.finished() and any(r.assignment.kind.value != "SHUTDOWN" for r in orch.sites.values()):
+            if time.monotonic() > deadline:  # the last transition of a finished federation
+                raise TimeoutError("the finished federation did not shut its sites down")
+            time.sleep(0.02)
+        return history
 
     def _next_train(self, who: str, after: int, within: float = 10.0) -> pb.Task:
         deadline = time.monotonic() + within

@@ -108,7 +108,7 @@ def test_malformed_protobuf_is_invalid_argument_with_one_log_line(coordinator, c
         for _ in range(50):
             assert w.refused(lambda: call(b"\x0a\xff\xff\xff\xff\x0f", timeout=5)) is INVALID
     assert w.snapshot() == before
-    lines = [r for r in caplog.records if r.name.startswith("fedquilt") or r.name.startswith("grpc")]
+    lines = [r for r in caplog.records if r.name.startswith(("fedquilt.coordinator", "grpc"))]
     assert len(lines) == 1, [r.getMessage() for r in lines]
     assert not any(r.exc_info for r in lines)
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import random
-import time
 from concurrent.futures import Future
 from pathlib import Path
 from typing import Any, Callable
@@ -92,11 +91,6 @@ def test_a_thousand_mutated_messages_per_rpc_change_nothing_and_never_reach_inte
     w = coordinator(log_refusals_every=60.0)
     w.publish_one_round()
     w.hello("site-0")
-    orch = w.running.orchestrator
-    deadline = time.monotonic() + 10
-    while any(r.assignment.kind.value != "SHUTDOWN" for r in orch.sites.values()):  # the last transition
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
     root = w.files.coordinator_config.parent / "state"
     before_files, before = _state_bytes(root), w.snapshot()
     rng = random.Random(12)
@@ -127,6 +121,6 @@ def test_a_thousand_mutated_messages_per_rpc_change_nothing_and_never_reach_inte
     assert after == before
     assert after_files == before_files
     assert w.hello("site-0").site_id == "site-0"  # still serving
-    lines = [r for r in caplog.records if r.name.startswith(("fedquilt", "grpc"))]
+    lines = [r for r in caplog.records if r.name.startswith(("fedquilt.coordinator", "grpc"))]
     assert len(lines) <= 3 * len(seen), [r.getMessage() for r in lines][:20]  # one per peer and RPC (+ a few)
     assert sum(len(r.getMessage()) for r in lines) < 64 * 1024
