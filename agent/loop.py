@@ -175,8 +175,10 @@ class AgentLoop:
                                    "eval_loss": _finite(result.eval_loss)}
         if self.privacy is not None:
             metrics["dp"] = self.privacy.report_of(result)  # refuses a result trained without DP
-        self.work = RoundWork(spec=spec, rule=rule, ctx=ctx, update=result.update, n=result.n_samples,
-                              metrics=dict(metrics))
+        # The federation decides each site's weight (its capped count, or 1 for equal weighting); the
+        # coordinator checks the summed count against it and discards a round that disagrees.
+        n = int(spec.weights.get(self.site, result.n_samples))
+        self.work = RoundWork(spec=spec, rule=rule, ctx=ctx, update=result.update, n=n, metrics=dict(metrics))
         if spec.secagg is not None:
             # Under secure aggregation no per-site value computed from data leaves in the clear: the losses go
             # through the secure sum (agent/secure_sum.py); only the DP report (a property of this site's

@@ -374,8 +374,22 @@ def make_private(
         hooks, dp_optimizer, criterion, dp_loader = wrapped
     else:
         (hooks, dp_optimizer, dp_loader), criterion = wrapped, SequenceLoss()
+    _empty_first_batch_as_empty(dp_loader)
     return PrivateRun(
         engine, hooks, model, dp_optimizer, dp_loader, criterion, cfg, ledger, steps, noise
     )
 
+
+def _empty_first_batch_as_empty(loader: Any) -> None:
+    """Make an empty *first* Poisson batch the empty list (a noise-only step), not Opacus's guess.
+
+    Before any batch was seen, Opacus builds an empty batch from ``dataset[0]`` iterated as a
+    sequence; for records that are dicts that means the dict's keys, and ``torch.zeros(dtype=str)``
+    crashes the round. Without those guesses it returns ``[]``, which the trainer treats as an empty
+    batch; later empty batches copy the structure of the first real one.
+    """
+    collate = getattr(loader, "collate_fn", None)
+    if collate is not None and hasattr(collate, "sample_empty_shapes"):
+        collate.sample_empty_shapes = None
+        collate.dtypes = None
 

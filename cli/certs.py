@@ -83,7 +83,8 @@ def _leaf_args(parser: argparse.ArgumentParser, *, role_required: bool) -> None:
     parser.add_argument("--name", required=True, help="site id / holder name, e.g. hospital-a (becomes the CN)")
     parser.add_argument(
         "--role", choices=[r.value for r in pki.Role], required=role_required,
-        help="site (data site agent), coordinator (server; gets serverAuth) or admin (operator RPCs)",
+        help="site (data site agent), coordinator (server; gets serverAuth), admin (operator RPCs) or consumer "
+             "(list and pull published versions only)",
     )
     parser.add_argument(
         "--host", action="append", default=[], metavar="H",

@@ -21,8 +21,11 @@ from .steps import SiteId
 class PlainCollector:
     """Collects float32 uploads for one phase from a fixed set of participants."""
 
-    def __init__(self, participants: set[SiteId], keep_individual: bool, modules: Iterable[str] = ()) -> None:
+    def __init__(self, participants: set[SiteId], keep_individual: bool, modules: Iterable[str] = (),
+                 weights: Mapping[str, int] | None = None) -> None:
         self.participants = set(participants)
+        self.weights = dict(weights or {})
+        """The count each site was assigned; its submitted ``N_KEY`` must equal it (empty: unchecked)."""
         self.modules = frozenset(modules)
         self.keep_individual = keep_individual
         self.received: dict[SiteId, str] = {}
@@ -62,6 +65,11 @@ class PlainCollector:
             if not np.isfinite(value).all():
                 bad = int((~np.isfinite(value)).sum())
                 raise InvalidRequest(f"{name}: {bad} NaN/Inf values; update rejected")
+        if site in self.weights and N_KEY in tensors:
+            got = tensors[N_KEY].astype(np.float64).reshape(-1)
+            if got.size != 1 or got[0] != float(self.weights[site]):
+                raise InvalidRequest(f"{site} submitted sample count {got[:2].tolist()}; the federation assigned it "
+                                     f"{self.weights[site]}")
         if self._layout is None:
             self._layout = layout
         elif layout != self._layout and not self.keep_individual:

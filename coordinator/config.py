@@ -8,10 +8,18 @@ from __future__ import annotations
 
 import os
 import tomllib
+from enum import Enum
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+
+class Weighting(str, Enum):
+    """How the federation weights sites' updates."""
+
+    SAMPLES = "samples"
+    EQUAL = "equal"
 
 
 class _Strict(BaseModel):
@@ -38,6 +46,22 @@ class ServerConfig(_Strict):
     max_message_bytes: int = Field(4 * 1024 * 1024, ge=1024)
     max_upload_bytes: int = Field(2 * 1024**3, ge=1024)
     long_poll_seconds: float = Field(20.0, gt=0)
+
+    # ---- one bad site can neither take over nor stall the server (issue 12) ----
+    maximum_concurrent_rpcs: int = Field(1024, ge=8)
+    """Calls in flight across every peer; one more is answered RESOURCE_EXHAUSTED."""
+    max_calls_per_peer: int = Field(16, ge=2)
+    """Calls in flight from one certificate; one more is answered RESOURCE_EXHAUSTED."""
+    upload_idle_seconds: float = Field(30.0, gt=0)
+    """An upload stream that sends nothing for this long is cut off (DEADLINE_EXCEEDED)."""
+    upload_stream_seconds: float = Field(900.0, gt=0)
+    """The longest an upload stream may take in total."""
+    pull_roles: tuple[Literal["site", "admin", "consumer", "coordinator"], ...] = ("site", "admin", "consumer")
+    """Certificate roles that may list and pull published versions."""
+    log_refusals_every: float = Field(10.0, ge=0)
+    """At most one refusal log line per peer and RPC in this many seconds (the rest are counted)."""
+    status_token_file: Path | None = None
+    """A file holding a bearer token the status page and /metrics then require (not /healthz)."""
 
     # -- strict addresses (issue 13): "7451" or "host:port:x" is refused here, not at bind --
     @field_validator("listen", "metrics_listen")
@@ -95,6 +119,26 @@ class FederationConfig(_Strict):
     offline_after: float = Field(10.0, gt=0)
     """A site counts as offline this many seconds after its last long poll (a polling site is seen every second;
     a site whose connection is gone at once); dead sites are not sampled into the next round."""
+
+    # ---- bounded weights and validated site input (issue 12) ----
+    weighting: Weighting = Weighting.SAMPLES
+    """How each site's update is weighted: by its declared sample count (capped) or equally."""
+    max_samples_per_site: int | None = Field(100_000, ge=1)
+    """Cap on the sample count a site is weighted by (None: no cap)."""
+    max_rank: int = Field(256, ge=1)
+    """Largest LoRA rank a site may declare (also at most min(d, k) of every target)."""
+    target_shapes: dict[str, tuple[int, int]] | None = None
+    """The federation's target modules and their (d, k); default: the first published version's, else the
+    shapes most online sites declare when the first round opens."""
+    max_norm_growth: float | None = Field(10.0, gt=0)
+    """A round whose aggregate's norm exceeds this many times the previous global's is discarded (None: off)."""
+
+    @field_validator("target_shapes")
+    @classmethod
+    def _shapes(cls, v: dict[str, tuple[int, int]] | None) -> dict[str, tuple[int, int]] | None:
+        if v is not None and (not v or any(min(s) <= 0 for s in v.values())):
+            raise ValueError(f"must name at least one module with positive (d, k), got {v}")
+        return v
 
     # -- typed [federation.train] (issue 13): a typo is refused at start, not by every agent mid-round --
     @field_validator("train")
@@ -179,7 +223,7 @@ def load_config(path: Path, environ: dict[str, str] | None = None) -> Coordinato
     for section, fields in _overrides(dict(os.environ if environ is None else environ)).items():
         raw.setdefault(section, {}).update(fields)
     base = path.resolve().parent
-    for section, keys in (("tls", ("ca", "cert", "key", "crl")), ("", ("state_dir",))):
+    for section, keys in (("tls", ("ca", "cert", "key", "crl")), ("server", ("status_token_file",)), ("", ("state_dir",))):
         table = raw.get(section, {}) if section else raw
         for k in keys:
             if isinstance(table.get(k), str):

@@ -37,3 +37,7 @@ class Duplicate(CoordinatorError):
 
 class UnknownVersion(CoordinatorError):
     """A pull for a model version or tag that does not exist."""
+
+
+class StreamDeadline(CoordinatorError):
+    """A stream that went idle past, or ran longer than, the server's deadline."""

@@ -41,10 +41,11 @@ from typing import Any, Callable, Mapping, Protocol, Sequence
 import numpy as np
 
 from ..contract import round_context
-from ..proto.codec import RoundSpec, encode_aggregate, encode_spec, encode_tensors
+from ..proto.codec import SESSION_ID_BYTES, RoundSpec, encode_aggregate, encode_spec, encode_tensors
 from ..strategies.base import Aggregate, Broadcast, IndividualRule, RoundContext, Rule
 from .collect import PlainCollector
-from .config import FederationConfig
+from .config import FederationConfig, Weighting
+from .round_checks import count_problem, federation_shapes, norm_growth_problem, shape_diff
 from .errors import Duplicate, InvalidRequest, Mismatch, NotEnrolled, NotInCohort, StaleStep
 from .steps import Assignment, SiteId, Step
 
@@ -71,6 +72,8 @@ class SiteRecord:
     assignment: Assignment = field(default_factory=lambda: Assignment(step=0, kind=Step.IDLE))
     left: bool = False
     """The site took its SHUTDOWN (its agent exits): shown offline at once, not after the online window."""
+    shapes: dict[str, tuple[int, int]] = field(default_factory=dict)
+    """The target modules and (d, k) the site declared."""
 
 
 @dataclass
@@ -153,7 +156,8 @@ class Orchestrator:
         self.known_sites = {str(s["site"]): (dict(s), clock() - float(s.get("last_seen_seconds_ago") or 0.0))
                             for s in known_sites}
         """Sites enrolled before a restart (status entry, last seen on ``clock``), shown offline until they say Hello."""
-        self.shapes: dict[str, tuple[int, int]] | None = None
+        self.shapes: dict[str, tuple[int, int]] | None = federation_shapes(fed, glob)
+        """The federation's targets: the operator's, else the newest version's, else fixed when round 1 opens."""
         self._cond = threading.Condition(threading.RLock())
         self._step = time.time_ns() // 1000  # grows across restarts, so agents never see a step go back
         self._rng = random.Random(fed.seed)
@@ -177,15 +181,19 @@ class Orchestrator:
         if task != self.fed.task:
             raise Mismatch(f"{site}: site task {task!r} does not match the federation's {self.fed.task!r}")
         if num_samples <= 0 or rank <= 0 or not np.isfinite(alpha) or alpha <= 0:
-            raise InvalidRequest(f"{site}: num_samples, lora_rank and lora_alpha must be > 0 (got {num_samples}, {rank}, "
-                                 f"{alpha})")
+            raise InvalidRequest(f"{site}: num_samples, lora_rank and lora_alpha must be > 0 (got {num_samples}, {rank}, {alpha})")
+        if not shapes:
+            raise InvalidRequest(f"{site}: the site declared no target modules")
+        limit = min(self.fed.max_rank, *(min(d, k) for d, k in shapes.values()))
+        if rank > limit:
+            raise InvalidRequest(f"{site}: lora_rank {rank} is over {limit} (the federation's max_rank {self.fed.max_rank} "
+                                 "and min(d, k) of every target)")
         with self._cond:
-            if self.shapes is None:
-                self.shapes = dict(shapes)
-            elif dict(shapes) != self.shapes:
-                raise Mismatch(f"{site}: the site's target modules or shapes differ from the federation's")
+            if self.shapes is not None and dict(shapes) != self.shapes:
+                raise Mismatch(f"{site}: the site's target modules or shapes differ from the federation's: "
+                               f"{shape_diff(dict(shapes), self.shapes)}")
             old = self.sites.get(site)
-            record = SiteRecord(site, num_samples, rank, alpha, self.clock())
+            record = SiteRecord(site, num_samples, rank, alpha, self.clock(), shapes=dict(shapes))
             if old is not None:
                 record.assignment = old.assignment
             self.sites[site] = record
@@ -215,6 +223,61 @@ class Orchestrator:
             record.last_seen = self.clock()
             record.left = record.assignment.kind is Step.SHUTDOWN
             return record.assignment
+
+    def poll(self, site: SiteId, after_step: int) -> Assignment | None:
+        """The site's newest assignment if it is newer than ``after_step``, else None (never blocks).
+
+        Each poll is the site's heartbeat (the async edge polls at least every second while a long poll lasts)."""
+        with self._cond:
+            record = self._site(site)
+            record.last_seen = self.clock()
+            if record.assignment.step <= after_step:
+                return None
+            record.left = record.assignment.kind is Step.SHUTDOWN
+            return record.assignment
+
+    def gone(self, site: SiteId) -> None:
+        """The site's long poll ended because its connection did: it is offline now, not ``online_window`` later."""
+        with self._cond:
+            record = self.sites.get(site)
+            if record is not None:
+                record.last_seen = min(record.last_seen, self.clock() - self.online_window)
+
+    @property
+    def step_counter(self) -> int:
+        """Grows whenever any site is given a new assignment (the async edge wakes long polls on change)."""
+        return self._step
+
+    def upload_size(self, site: SiteId, round_id: str, step: int, phase: int, encoding: str) -> int | None:
+        """Check an upload's header against the open round before any body byte is read.
+
+        Returns the exact body size a masked input must have, or None for a plaintext upload (its size
+        is bounded by the server's limit); raises the same errors ``upload`` would.
+        """
+        with self._cond:
+            rnd, collector = self._upload_target(site, round_id, step, phase, encoding)
+            if isinstance(collector, PlainCollector):
+                return None
+            session = getattr(collector, "session", None)
+            if session is None or collector.stage is not Step.SECAGG_MASKED:
+                raise StaleStep(f"round {round_id} is not collecting masked input")
+            width = 4 if session.params.ring_bits == 32 else 8
+            return int(SESSION_ID_BYTES + width * session.layout.size)
+
+    def _upload_target(self, site: SiteId, round_id: str, step: int, phase: int, encoding: str) -> tuple[RoundRecord, Any]:
+        rnd = self._round_for(site, round_id)
+        if rnd.stage is not RoundStage.PHASE or rnd.phase != phase:
+            raise StaleStep(f"round {round_id} is not collecting phase {phase}")
+        if site not in rnd.participants:
+            raise NotInCohort(f"{site} is not a participant of phase {phase} of round {round_id}")
+        collector = rnd.collector
+        if isinstance(collector, PlainCollector):
+            if encoding != "FLOAT32":
+                raise InvalidRequest(f"this phase collects plaintext FLOAT32 vectors, not {encoding}")
+            self._expect(site, step, Step.UPLOAD_PLAIN)
+        else:
+            self._expect(site, step, Step.SECAGG_MASKED)
+        return rnd, collector
 
     def global_payload(self, site: SiteId) -> bytes:
         """The current global state for training (empty before the first version)."""
@@ -246,19 +309,10 @@ class Orchestrator:
                layout: list[tuple[str, tuple[int, ...]]], payload: bytes) -> bool:
         """One site's vectors for the current phase; False for an identical retry."""
         with self._cond:
-            rnd = self._round_for(site, round_id)
-            if rnd.stage is not RoundStage.PHASE or rnd.phase != phase:
-                raise StaleStep(f"round {round_id} is not collecting phase {phase}")
-            if site not in rnd.participants:
-                raise NotInCohort(f"{site} is not a participant of phase {phase} of round {round_id}")
-            collector = rnd.collector
+            rnd, collector = self._upload_target(site, round_id, step, phase, encoding)
             if isinstance(collector, PlainCollector):
-                if encoding != "FLOAT32":
-                    raise InvalidRequest(f"this phase collects plaintext FLOAT32 vectors, not {encoding}")
-                self._expect(site, step, Step.UPLOAD_PLAIN)
                 added = collector.add(site, payload)
             else:
-                self._expect(site, step, Step.SECAGG_MASKED)
                 added = collector.masked_input(site, encoding, layout, payload)
             self._cond.notify_all()
             return bool(added)
@@ -326,17 +380,27 @@ class Orchestrator:
     # ---- the driver ---------------------------------------------------------------------------
 
     def tick(self) -> None:
-        """Advance deadlines and stages; call often (the server runs it on a timer thread)."""
+        """Advance deadlines and stages; call often (the server runs it on a timer thread).
+
+        A failure inside a transition never repeats on the next tick: the round in flight is discarded
+        with the failure as its recorded reason, and the next round opens as usual.
+        """
         with self._cond:
             now = self.clock()
             rnd = self.current
-            if rnd is None:
-                self._maybe_open(now)
-            elif rnd.stage is RoundStage.TRAINING:
-                if rnd.cohort <= set(rnd.trained) or len(rnd.trained) >= (rnd.needed or len(rnd.cohort)) or now >= rnd.deadline:
-                    self._end_training(rnd, now)
-            elif rnd.stage is RoundStage.PHASE:
-                self._drive_phase(rnd, now)
+            try:
+                if rnd is None:
+                    self._maybe_open(now)
+                elif rnd.stage is RoundStage.TRAINING:
+                    if (rnd.cohort <= set(rnd.trained) or len(rnd.trained) >= (rnd.needed or len(rnd.cohort))
+                            or now >= rnd.deadline):
+                        self._end_training(rnd, now)
+                elif rnd.stage is RoundStage.PHASE:
+                    self._drive_phase(rnd, now)
+            except Exception as exc:
+                log.exception("round driver: %s", exc)
+                if self.current is not None:
+                    self._discard_safely(self.current, f"internal error in the round driver: {type(exc).__name__}: {exc}")
             self._cond.notify_all()
 
     def finished(self) -> bool:
@@ -356,7 +420,7 @@ class Orchestrator:
                              self.rounds_done, self.fed.rounds, self.global_version,
                              extra={"version": self.global_version})
             return
-        online = sorted(s for s, r in self.sites.items() if self._online(r, now))
+        online = self._matching_shapes(sorted(s for s, r in self.sites.items() if self._online(r, now)))
         if len(online) < self.fed.min_sites:
             return
         wanted = self._wanted()
@@ -380,12 +444,15 @@ class Orchestrator:
         cohort = set(self._rng.sample(online, size))
         number = self.rounds_done + 1
         nonce = secrets.token_hex(16)
-        assert self.shapes is not None  # set by the first hello; online sites said hello
+        if self.shapes is None:  # a fresh federation: its targets are what most online sites declared
+            self.shapes = dict(self.sites[online[0]].shapes)
+            log.info("federation targets fixed at round %d: %d modules", number, len(self.shapes))
         spec = RoundSpec(
             round_id=f"r{number:04d}-{nonce[:8]}", round=number, rule=self.fed.rule, params=dict(self.fed.rule_params),
             ranks={s: self.sites[s].rank for s in sorted(cohort)}, shapes=self.shapes, train=dict(self.fed.train),
             nonce=nonce, global_version=self.global_version,
             secagg=self._secagg_spec(cohort) if self.secure else None,
+            weights={s: self._weight(s) for s in sorted(cohort)},
         )
         rnd = RoundRecord(number=number, spec=spec, cohort=cohort, participants=set(cohort), stage=RoundStage.TRAINING,
                           deadline=now + self.fed.train_timeout, started=now, needed=needed,
@@ -415,7 +482,7 @@ class Orchestrator:
     def _secagg_spec(self, cohort: set[SiteId]) -> dict[str, Any]:
         # Sites divide every submitted value by this public constant so weighted values stay inside the
         # declared clip range (p_i = n_i/Σn is unchanged: the sample counts are divided too).
-        spec: dict[str, Any] = {"weight_scale": float(sum(self.sites[s].num_samples for s in cohort)),
+        spec: dict[str, Any] = {"weight_scale": float(sum(self._weight(s) for s in cohort)),
                                 "min_contributors": max(2, self._min_participants(None))}  # sites may only raise it
         if self.site_noise is not None:
             spec["site_noise"] = {"sigma": self.site_noise["sigma"], "clip": self.site_noise["clip"], "sites": len(cohort)}
@@ -483,7 +550,7 @@ class Orchestrator:
                 self._assign(site, kind, rnd, spec_json=spec_json, payload=payload)
         else:
             rnd.collector = PlainCollector(rnd.participants, keep_individual=isinstance(self.rule, IndividualRule),
-                                           modules=rnd.spec.shapes)
+                                           modules=rnd.spec.shapes, weights=rnd.spec.weights)
             for site in rnd.participants:
                 self._assign(site, Step.UPLOAD_PLAIN, rnd, spec_json=spec_json)
 
@@ -520,6 +587,12 @@ class Orchestrator:
         collector = rnd.collector
         if rnd.phase == 0 and hasattr(collector, "cohort_metrics"):
             rnd.cohort_metrics = dict(collector.cohort_metrics())
+        if not isinstance(self.rule, IndividualRule):
+            problem = count_problem(collector.result(), self._expected_count(rnd, contributors),
+                                    len(contributors), self._count_resolution(collector))
+            if problem:
+                self._discard(rnd, f"phase {rnd.phase}: {problem}")
+                return
         ctx = self._context(rnd)
         try:
             if isinstance(self.rule, IndividualRule):
@@ -546,6 +619,10 @@ class Orchestrator:
         return round_context(rnd.spec, session=secure_session)
 
     def _publish(self, rnd: RoundRecord, agg: Aggregate, now: float) -> None:
+        growth = norm_growth_problem(agg, self.glob, self.fed.max_norm_growth)
+        if growth:
+            self._discard(rnd, growth)
+            return
         collector = rnd.collector
         facts = {
             "base_fingerprint": self.fed.base_fingerprint, "rule": self.fed.rule, "round_id": rnd.spec.round_id,
@@ -557,13 +634,9 @@ class Orchestrator:
             "previous_version": self.global_version,
             "site_level_privacy": self._site_level_privacy(rnd),
         }
-        version = self.publisher(rnd.number, agg, facts)
-        self.glob, self.global_version = agg, version
-        self._encoded_glob = encode_aggregate(agg)
-        self.rounds_done = rnd.number
         metrics = {s: rnd.trained[s] for s in sorted(rnd.participants)}
-        entry = {
-            "round": rnd.number, "version": version, "contributors": len(rnd.participants),
+        entry: dict[str, Any] = {  # everything that can fail is computed before the version is written
+            "round": rnd.number, "version": None, "contributors": len(rnd.participants),
             "dropouts": len(rnd.cohort) - len(rnd.participants), "seconds": round(now - rnd.started, 2),
             "loss_before": _mean(m.get("loss_before") for m in metrics.values()),
             "loss_after": _mean(m.get("loss_after") for m in metrics.values()),
@@ -574,6 +647,11 @@ class Orchestrator:
         if self.secure:  # cohort aggregates from the secure sum only; no per-site metric is used
             entry.update({k: rnd.cohort_metrics.get(k) for k in ("loss_before", "loss_after", "eval_loss")})
             entry["clipped"] = int(rnd.cohort_metrics.get("clipped") or 0)
+        encoded = encode_aggregate(agg)
+        version = self.publisher(rnd.number, agg, facts)
+        self.glob, self.global_version, self._encoded_glob = agg, version, encoded
+        self.rounds_done = rnd.number
+        entry["version"] = version
         self.history.append(entry)
         published_facts = {"round_id": rnd.spec.round_id, "published_at": _utc_now(),
                            "epsilon": _epsilon(facts)}  # added after the event below (which names round_id itself)
@@ -590,12 +668,54 @@ class Orchestrator:
         self._event("round_discarded", round=rnd.number, reason=why, round_id=rnd.spec.round_id)
         self._close(rnd, f"discarded: {why}")
 
+    def _discard_safely(self, rnd: RoundRecord, why: str) -> None:
+        """Discard after an unexpected failure; even a failing observer cannot keep the round alive."""
+        try:
+            self._discard(rnd, why)
+        except Exception:
+            log.exception("round %d: discarding failed too; dropping the round", rnd.number)
+            self.current = None
+
     def _close(self, rnd: RoundRecord, message: str) -> None:
         rnd.stage = RoundStage.DONE
         for site in rnd.cohort:
             if site in self.sites:
                 self._assign(site, Step.ROUND_DONE, rnd, message=message)
         self.current = None
+
+    # ---- weights and shapes (issue 12: one site cannot take over by declaring numbers) --------
+
+    def _weight(self, site: SiteId) -> int:
+        """The count ``site`` weights its submission by: 1 (equal), or its declared count under the cap."""
+        if self.fed.weighting is Weighting.EQUAL:
+            return 1
+        n = self.sites[site].num_samples
+        cap = self.fed.max_samples_per_site
+        return n if cap is None else min(n, cap)
+
+    def _expected_count(self, rnd: RoundRecord, contributors: set[SiteId]) -> float:
+        total = float(sum(rnd.spec.weights.get(s, 0) for s in contributors))
+        scale = float((rnd.spec.secagg or {}).get("weight_scale", 1.0)) if self.secure else 1.0
+        return total / (scale or 1.0)
+
+    @staticmethod
+    def _count_resolution(collector: Any) -> float:
+        """How far one site's count may be off by rounding: SecAgg's fixed-point step, float32's otherwise."""
+        if isinstance(collector, PlainCollector):
+            return 0.0
+        return float(2.0 ** -int(collector.manifest_facts()["frac_bits"]))
+
+    def _matching_shapes(self, online: list[SiteId]) -> list[SiteId]:
+        """The online sites that train the federation's targets (before they are fixed: the most common)."""
+        if not online:
+            return online
+        target = self.shapes
+        if target is None:
+            groups: dict[str, list[SiteId]] = {}
+            for s in online:
+                groups.setdefault(repr(sorted(self.sites[s].shapes.items())), []).append(s)
+            return max(groups.values(), key=len)
+        return [s for s in online if self.sites[s].shapes == target]
 
     # ---- small pieces -------------------------------------------------------------------------
 

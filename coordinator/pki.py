@@ -49,6 +49,8 @@ class Role(enum.Enum):
     SITE = "site"
     COORDINATOR = "coordinator"
     ADMIN = "admin"
+    CONSUMER = "consumer"
+    """May only list and pull published versions (which roles may pull is the coordinator's setting)."""
 
 
 @dataclass(frozen=True)

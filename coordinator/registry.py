@@ -35,10 +35,16 @@ class VersionExists(StoreError):
     """Versions are immutable: this one is already published."""
 
 
+RESERVED_VERSIONS = frozenset({"tags"})
+"""Names a version can never have: ``<model>/tags.json`` is the tag file, not a manifest."""
+
+
 def validate_name(kind: str, value: str) -> str:
-    """Model, version and tag names: letters, digits, '.', '_', '-' (no path tricks)."""
+    """Model, version and tag names: letters, digits, '.', '_', '-' (no path tricks, no reserved names)."""
     if not _NAME.fullmatch(value) or value in {".", ".."}:
-        raise ValueError(f"invalid {kind} name {value!r}: use letters, digits, '.', '_' or '-'")
+        raise ValueError(f"invalid {kind} name {value[:120]!r}: use letters, digits, '.', '_' or '-'")
+    if kind == "version" and value in RESERVED_VERSIONS:
+        raise ValueError(f"{value!r} is a reserved name, not a version")
     return value
 
 
@@ -109,7 +115,8 @@ class FileModelStore:
 
     def resolve(self, model: str, ref: str) -> str:
         """A version name from a version or a tag."""
-        if self._manifest_path(model, ref).exists():
+        validate_name("tag", ref)
+        if ref not in RESERVED_VERSIONS and self._manifest_path(model, ref).exists():
             return ref
         tags = self._tags(model)
         if ref in tags:

@@ -6,18 +6,10 @@ import logging
 import tempfile
 import threading
 import time
-from concurrent import futures
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
-
-from ..proto import codec
-from ..proto import federation_pb2 as pb
-from ..proto import federation_pb2_grpc as pb_grpc
 from ..strategies.adapters import load_peft
 from ..strategies.base import Aggregate, IndividualRule
 from ..strategies.lora import dense_of
@@ -30,7 +22,7 @@ from .orchestrator import Orchestrator
 from .publish import publish
 from .registry import FileModelStore
 from .state import Observers, SqliteStateStore, StateRecorder, restore
-from .servicer import AdminServicer, FederationServicer, ModelsServicer
+from .async_edge import AsyncEdge
 from .status_page import StatusServer, start_http
 
 log = logging.getLogger("fedquilt.coordinator")
@@ -71,7 +63,7 @@ def _check_rule(cfg: CoordinatorConfig, rule: Any) -> None:
 class RunningCoordinator:
     """A started coordinator: its port, orchestrator and a way to stop it."""
 
-    server: grpc.Server
+    server: AsyncEdge
     port: int
     orchestrator: Orchestrator
     store: FileModelStore
@@ -86,7 +78,7 @@ class RunningCoordinator:
     def stop(self, grace: float = 1.0) -> None:
         """Stop serving and the driver thread."""
         self.stop_event.set()
-        self.server.stop(grace).wait()
+        self.server.stop(grace)
         if self.http is not None:
             self.http.stop()
         for t in self.threads:
@@ -143,31 +135,10 @@ def _start_locked(cfg: CoordinatorConfig, metrics: Metrics, rule: Any, tick_seco
     ca_cert = x509.load_pem_x509_certificate(ca_pem)
     crl = cfg.tls.crl or cfg.tls.ca.parent / "crl.pem"
     authz = Authorizer(ca_cert, RevocationList(crl, ca_cert))
-
-    options = [("grpc.max_receive_message_length", cfg.server.max_message_bytes),
-               ("grpc.max_send_message_length", cfg.server.max_message_bytes)]
-    chunk = min(codec.CHUNK_BYTES, cfg.server.max_message_bytes // 2)  # room for the message's other fields
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=cfg.server.max_workers), options=options)
-    pb_grpc.add_FederationServicer_to_server(  # type: ignore[no-untyped-call]  # generated, untyped
-        FederationServicer(orch, authz, cfg.server.max_upload_bytes, cfg.server.long_poll_seconds, metrics, chunk,
-                           crl_path=crl), server)
-    pb_grpc.add_ModelsServicer_to_server(  # type: ignore[no-untyped-call]  # generated, untyped
-        ModelsServicer(store, authz, metrics, chunk, crl_path=crl), server)
-    pb_grpc.add_AdminServicer_to_server(  # type: ignore[no-untyped-call]  # generated, untyped
-        AdminServicer(orch, authz, metrics), server)
-    health_servicer = health.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    names = [d.full_name for d in pb.DESCRIPTOR.services_by_name.values()] + [health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-                                                                               reflection.SERVICE_NAME]
-    reflection.enable_server_reflection(names, server)
-    creds = grpc.ssl_server_credentials([(key_pem, cert_pem)], root_certificates=ca_pem, require_client_auth=True)
-    port = server.add_secure_port(cfg.server.listen, creds)
-    if port == 0:
-        raise OSError(f"cannot listen on {cfg.server.listen}")
-    server.start()
+    edge_server = AsyncEdge(cfg, orch, store, authz, metrics, key_pem, cert_pem, ca_pem, crl_path=crl)
+    port = edge_server.start()
     cfg.state_dir.mkdir(parents=True, exist_ok=True)
     (cfg.state_dir / "coordinator.port").write_text(str(port))
-    health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
     stop_event = threading.Event()
 
     def drive() -> None:
@@ -176,18 +147,20 @@ def _start_locked(cfg: CoordinatorConfig, metrics: Metrics, rule: Any, tick_seco
                 orch.tick()
             except Exception:  # the driver must survive a bad round; the round is lost, not the service
                 log.exception("round driver error")
+            edge_server.wakeups.changed()  # long polls re-read their assignment when any changed
 
     driver = threading.Thread(target=drive, name="round-driver", daemon=True)
     driver.start()
     metrics.bind(orch.status)
     http, http_port = None, None
     if cfg.server.metrics_listen:
-        http, http_port = start_http(cfg.server.metrics_listen, metrics, orch.status)
+        token = cfg.server.status_token_file.read_text().strip() if cfg.server.status_token_file else None
+        http, http_port = start_http(cfg.server.metrics_listen, metrics, orch.status, token=token or None)
         (cfg.state_dir / "status.port").write_text(str(http_port))
         log.info("metrics and status page on http://%s:%d/status", cfg.server.metrics_listen.rsplit(":", 1)[0], http_port)
     log.info("coordinator listening on port %d (federation %s, rule %s, secure aggregation %s)", port, fed.name,
              fed.rule, "on" if cfg.secagg.enabled else "OFF", extra={"port": port})
-    return RunningCoordinator(server, port, orch, store, stop_event, [driver], metrics, http, http_port, state, lock)
+    return RunningCoordinator(edge_server, port, orch, store, stop_event, [driver], metrics, http, http_port, state, lock)
 
 
 def serve(cfg: CoordinatorConfig, exit_when_done: bool = False) -> int:

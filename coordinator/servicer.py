@@ -1,31 +1,121 @@
-"""gRPC servicers: authorise, decode, call the domain, encode — a few lines per RPC."""
+"""The async gRPC edge: authorise, decode, call the domain, encode — a few lines per RPC.
+
+Theory of operation
+-------------------
+Every method is registered with raw bytes in and out, so a malformed protobuf is ours to refuse
+(INVALID_ARGUMENT, one rate-limited log line) rather than grpc's (INTERNAL and a traceback). Handlers
+are coroutines on the server's event loop: a long poll awaits a wake-up from the round driver and an
+upload awaits its next message, so neither holds a thread. The domain (``Orchestrator``, the model
+store) stays synchronous and runs on a bounded thread pool for the short time each call takes. Before
+any work, a call takes one of its peer's slots (``PeerLimits``); an upload also takes its site's only
+upload slot, and its header is checked against the open round before a body byte is accepted.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import functools
+from contextlib import asynccontextmanager
 import json
+from concurrent.futures import Executor
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping, Sequence, cast
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, AsyncIterator, Awaitable, Callable, Mapping, Sequence, TypeVar, cast
 
 import grpc
+import grpc.aio
+from google.protobuf.message import Message
 
 from ..proto import codec
 from ..proto import federation_pb2 as pb
-from ..proto import federation_pb2_grpc as pb_grpc
 from ..proto import tensors_pb2 as tpb
 from .identity import Authorizer
 from .metrics import Direction, Metrics
 from .orchestrator import Orchestrator
+from .peer_limits import PeerLimits
 from .pki import Role
-from .registry import FileModelStore
-from .rpc_errors import translated
+from .registry import FileModelStore, validate_name
+from .rpc_errors import RefusalLog, refuse
+from .site_input import hello_facts, train_metrics, unmask_metrics
 from .steps import Assignment, SiteId, Step
+from .wakeups import Wakeups, wait_for_change
 
-_ANY_ROLE = {Role.SITE, Role.ADMIN, Role.COORDINATOR}
+T = TypeVar("T")
+M = TypeVar("M", bound=Message)
+Ctx = Any  # grpc.aio.ServicerContext; its stubs are generic over raw bytes here
+if TYPE_CHECKING:
+    Handler = grpc.RpcMethodHandler[Any, Any]
 
 
-def _auth(context: grpc.ServicerContext) -> Mapping[str, Sequence[bytes]]:
-    # grpc gives every auth property as a list of bytes; types-grpcio declares a single bytes value.
+@dataclass
+class Edge:
+    """What every service shares: identity, limits, refusal log, metrics and the domain's thread pool."""
+
+    authz: Authorizer
+    metrics: Metrics
+    limits: PeerLimits
+    refusals: RefusalLog
+    pool: Executor
+    chunk_bytes: int = codec.CHUNK_BYTES
+
+    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run a (short, synchronous) domain call on the pool."""
+        return await asyncio.get_running_loop().run_in_executor(self.pool, functools.partial(fn, *args))
+
+    def check(self, context: Ctx, need: Role | set[Role]) -> SiteId:
+        """The caller's id if its certificate may do this."""
+        return SiteId(self.authz.check(_auth(context), need).site_id)
+
+
+def _auth(context: Ctx) -> Mapping[str, Sequence[bytes]]:
     return cast("Mapping[str, Sequence[bytes]]", context.auth_context())
+
+
+def _peer(context: Ctx) -> str:
+    """The certificate's CN when TLS gave one, else the transport address (for limits and log lines)."""
+    names = _auth(context).get("x509_common_name") or ()
+    return bytes(names[0]).decode(errors="replace")[:100] if names else str(context.peer())[:100]
+
+
+def decode(kind: type[M], raw: bytes) -> M:
+    """Parse a request; a malformed one raises DecodeError (INVALID_ARGUMENT)."""
+    return kind.FromString(raw)
+
+
+@asynccontextmanager
+async def guarded(edge: Edge, context: Ctx, method: str) -> AsyncIterator[None]:
+    """Hold one of the peer's call slots; any error ends the call with its precise status."""
+    peer = _peer(context)
+    try:
+        with edge.limits.call(peer, method):
+            yield
+    except grpc.aio.AbortError:
+        raise
+    except Exception as exc:
+        await refuse(context, exc, method, peer, edge.refusals, edge.metrics)
+
+
+def unary(edge: Edge, method: str, kind: type[M], body: Callable[[M, Ctx], Awaitable[Message]]) -> Handler:
+    """A unary method handler on raw bytes."""
+
+    async def call(raw: bytes, context: Ctx) -> bytes:
+        async with guarded(edge, context, method):
+            return (await body(decode(kind, raw), context)).SerializeToString()
+        raise AssertionError("unreachable: guarded ends the call")  # pragma: no cover
+
+    return grpc.unary_unary_rpc_method_handler(call)
+
+
+def unary_stream(edge: Edge, method: str, kind: type[M],
+                 body: Callable[[M, Ctx], Awaitable[Sequence[Message]]]) -> Handler:
+    """A server-streaming handler: ``body`` returns every reply message (built before the first is sent)."""
+
+    async def call(raw: bytes, context: Ctx) -> AsyncIterator[bytes]:
+        async with guarded(edge, context, method):
+            for reply in await body(decode(kind, raw), context):
+                yield reply.SerializeToString()
+
+    return grpc.unary_stream_rpc_method_handler(call)
 
 
 def _task(a: Assignment) -> pb.Task:
@@ -34,160 +124,229 @@ def _task(a: Assignment) -> pb.Task:
                    spec_json=a.spec_json, payload=a.payload, message=a.message)
 
 
-class FederationServicer(pb_grpc.FederationServicer):
+_SECURE_SUM_STEPS = (Step.DECLARE_LAYOUT, Step.SECAGG_ADVERTISE, Step.SECAGG_SHARE, Step.SECAGG_MASKED,
+                     Step.SECAGG_CONSISTENCY, Step.SECAGG_UNMASK)
+"""Steps of a secure sum a site may refuse; all but MASKED (an Upload) are answered with a Submit."""
+
+
+class FederationService:
     """The agents' service."""
 
-    def __init__(self, orch: Orchestrator, authz: Authorizer, max_upload_bytes: int, long_poll: float,
-                 metrics: Metrics, chunk_bytes: int = codec.CHUNK_BYTES, crl_path: Path | None = None) -> None:
-        self.orch, self.authz, self.metrics = orch, authz, metrics
-        self.chunk_bytes = chunk_bytes
+    name = "fedquilt.v1.Federation"
+
+    def __init__(self, edge: Edge, orch: Orchestrator, wakeups: Wakeups, *, max_upload_bytes: int, long_poll: float,
+                 upload_idle: float, upload_total: float, crl_path: Path | None = None) -> None:
+        self.edge, self.orch, self.wakeups = edge, orch, wakeups
+        self.max_upload_bytes, self.long_poll = max_upload_bytes, long_poll
+        self.upload_idle, self.upload_total = upload_idle, upload_total
         self.crl_path = crl_path
         """The CA-signed CRL served to sites (they verify its signature, so serving it grants no trust)."""
-        self.max_upload_bytes, self.long_poll = max_upload_bytes, long_poll
 
-    def _site(self, context: grpc.ServicerContext) -> SiteId:
-        return SiteId(self.authz.check(_auth(context), Role.SITE).site_id)
+    def handlers(self) -> dict[str, Handler]:
+        """Method name -> handler."""
+        e = self.edge
+        return {"Hello": unary(e, "Hello", pb.HelloRequest, self.hello),
+                "WaitForTask": unary(e, "WaitForTask", pb.WaitRequest, self.wait_for_task),
+                "Download": unary_stream(e, "Download", pb.DownloadRequest, self.download),
+                "Upload": grpc.stream_unary_rpc_method_handler(self.upload),
+                "Submit": unary(e, "Submit", pb.SubmitRequest, self.submit)}
 
-    def Hello(self, request: pb.HelloRequest, context: grpc.ServicerContext) -> pb.HelloReply:
-        with translated(context, "Hello", self.metrics):
+    def _site(self, context: Ctx) -> SiteId:
+        return self.edge.check(context, Role.SITE)
+
+    async def hello(self, request: pb.HelloRequest, context: Ctx) -> pb.HelloReply:
+        """Enrol (validated facts only)."""
+        site = self._site(context)
+        shapes = {k: tuple(int(d) for d in v.dims) for k, v in request.target_shapes.items()}
+        if any(len(s) != 2 for s in shapes.values()):
+            raise codec.CodecError(f"target_shapes must name 2-D weights, got {dict(list(shapes.items())[:3])}")
+        facts = hello_facts(num_samples=int(request.num_samples), rank=int(request.lora_rank),
+                            alpha=float(request.lora_alpha), fingerprint=request.base_fingerprint,
+                            task=request.task, shapes=shapes)
+        last = await self.edge.run(self.orch.hello, site, facts.num_samples, facts.rank, facts.alpha,
+                                   facts.fingerprint, facts.task, facts.shapes)
+        fed = self.orch.fed
+        return pb.HelloReply(site_id=site, federation=fed.name, base_fingerprint=fed.base_fingerprint,
+                             rule=fed.rule, last_step=last, max_chunk_bytes=self.edge.chunk_bytes)
+
+    async def wait_for_task(self, request: pb.WaitRequest, context: Ctx) -> pb.Task:
+        """Long poll: a coroutine waiting for the driver's wake-up, not a thread."""
+        site = self._site(context)
+        if not request.wait_seconds >= 0:  # also catches NaN
+            raise codec.CodecError(f"wait_seconds must be >= 0, got {request.wait_seconds}")
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + min(float(request.wait_seconds), self.long_poll)
+        after = int(request.after_step)
+        try:
+            while True:
+                changed = self.wakeups.current()
+                found = await self.edge.run(self.orch.poll, site, after)
+                if found is not None:
+                    return _task(found)
+                left = deadline - loop.time()
+                if left <= 0:
+                    return _task(Assignment(step=after, kind=Step.IDLE))
+                await wait_for_change(changed, min(left, 1.0))  # at least a poll a second: the site's heartbeat
+        except asyncio.CancelledError:
+            self.orch.gone(site)  # the caller hung up (its process died): offline at once
+            raise
+
+    async def download(self, request: pb.DownloadRequest, context: Ctx) -> list[tpb.Chunk]:
+        """The global state or a phase's broadcast, chunked."""
+        site = self._site(context)
+        if request.what == pb.DownloadRequest.GLOBAL:
+            payload = await self.edge.run(self.orch.global_payload, site)
+        elif request.what == pb.DownloadRequest.BROADCAST:
+            payload = await self.edge.run(self.orch.broadcast_payload, site, request.round_id, int(request.phase))
+        elif request.what == pb.DownloadRequest.CRL and self.crl_path is not None:
+            payload = await self.edge.run(self.crl_path.read_bytes)
+        else:
+            raise codec.CodecError("Download.what must be GLOBAL, BROADCAST or CRL")
+        self.edge.metrics.record_bytes(Direction.SENT, len(payload))
+        return list(codec.chunks(payload, self.edge.chunk_bytes))
+
+    async def upload(self, requests: AsyncIterator[bytes], context: Ctx) -> bytes:
+        """Header checked against the open round first, then the body within deadlines, one stream per site."""
+        async with guarded(self.edge, context, "Upload"):
             site = self._site(context)
-            shapes = {k: tuple(int(d) for d in v.dims) for k, v in request.target_shapes.items()}
-            if any(len(s) != 2 or min(s) <= 0 for s in shapes.values()) or not shapes:
-                raise codec.CodecError(f"target_shapes must name 2-D weights with positive dims, got {shapes}")
-            last = self.orch.hello(site, int(request.num_samples), int(request.lora_rank), float(request.lora_alpha),
-                                   request.base_fingerprint, request.task, shapes)  # type: ignore[arg-type]
-            return pb.HelloReply(site_id=site, federation=self.orch.fed.name, base_fingerprint=self.orch.fed.base_fingerprint,
-                                 rule=self.orch.fed.rule, last_step=last, max_chunk_bytes=self.chunk_bytes)
+            with self.edge.limits.upload(site):
+                return (await self._upload(site, requests)).SerializeToString()
+        raise AssertionError("unreachable: guarded ends the call")  # pragma: no cover
 
-    def WaitForTask(self, request: pb.WaitRequest, context: grpc.ServicerContext) -> pb.Task:
-        with translated(context, "WaitForTask", self.metrics):
-            site = self._site(context)
-            if not request.wait_seconds >= 0:  # also catches NaN, which would make the wait spin
-                raise codec.CodecError(f"wait_seconds must be >= 0, got {request.wait_seconds}")
-            wait = min(float(request.wait_seconds), self.long_poll)
-            return _task(self.orch.wait(site, int(request.after_step), wait, alive=context.is_active))
+    async def _upload(self, site: SiteId, requests: AsyncIterator[bytes]) -> pb.Ack:
+        loop = asyncio.get_running_loop()
+        ends = loop.time() + self.upload_total
+        stream = aiter(requests)
 
-    def Download(self, request: pb.DownloadRequest, context: grpc.ServicerContext) -> Iterator[tpb.Chunk]:
-        with translated(context, "Download", self.metrics):
-            site = self._site(context)
-            if request.what == pb.DownloadRequest.GLOBAL:
-                payload = self.orch.global_payload(site)
-            elif request.what == pb.DownloadRequest.BROADCAST:
-                payload = self.orch.broadcast_payload(site, request.round_id, int(request.phase))
-            elif request.what == pb.DownloadRequest.CRL and self.crl_path is not None:
-                payload = self.crl_path.read_bytes()
-            else:
-                raise codec.CodecError("Download.what must be GLOBAL, BROADCAST or CRL")
-        self.metrics.record_bytes(Direction.SENT, len(payload))
-        yield from codec.chunks(payload, self.chunk_bytes)
+        async def next_message() -> pb.UploadChunk | None:
+            wait = min(self.upload_idle, ends - loop.time())
+            try:
+                raw = await asyncio.wait_for(anext(stream), max(wait, 0.0))
+            except StopAsyncIteration:
+                return None
+            return decode(pb.UploadChunk, raw)
 
-    def Upload(self, request_iterator: Iterable[pb.UploadChunk], context: grpc.ServicerContext) -> pb.Ack:
-        with translated(context, "Upload", self.metrics):
-            site = self._site(context)
-            header, payload = codec.read_upload(request_iterator, self.max_upload_bytes)
-            self.metrics.record_bytes(Direction.RECEIVED, len(payload))
-            added = self.orch.upload(site, header.round_id, int(header.step), int(header.phase),
-                                     tpb.Encoding.Name(header.encoding), codec.layout_from_pb(header.layout), payload)
-            return pb.Ack(accepted=True, message="accepted" if added else "already received (identical retry)")
+        upload = codec.UploadAssembler(self.max_upload_bytes)
+        header = upload.header(await next_message())
+        encoding = tpb.Encoding.Name(header.encoding)
+        size = await self.edge.run(self.orch.upload_size, site, header.round_id, int(header.step), int(header.phase),
+                                   encoding)
+        if size is not None:
+            upload.expect(size)
+        layout = codec.layout_from_pb(header.layout)
+        while (msg := await next_message()) is not None:
+            upload.add(msg)
+        payload = upload.finish()
+        self.edge.metrics.record_bytes(Direction.RECEIVED, len(payload))
+        added = await self.edge.run(self.orch.upload, site, header.round_id, int(header.step), int(header.phase),
+                                    encoding, layout, payload)
+        return pb.Ack(accepted=True, message="accepted" if added else "already received (identical retry)")
 
-    def Submit(self, request: pb.SubmitRequest, context: grpc.ServicerContext) -> pb.Ack:
-        with translated(context, "Submit", self.metrics):
-            site = self._site(context)
-            kind = Step(pb.StepKind.Name(request.kind)) if request.kind else None
-            if kind is Step.TRAIN:
-                metrics = _metrics(request.metrics_json)
-                self.orch.trained(site, request.round_id, int(request.step), metrics)
-            elif request.refusal and kind in (Step.DECLARE_LAYOUT, Step.SECAGG_ADVERTISE, Step.SECAGG_SHARE,
-                                              Step.SECAGG_MASKED, Step.SECAGG_CONSISTENCY, Step.SECAGG_UNMASK):
-                self.orch.secagg_refusal(site, request.round_id, int(request.step), kind, request.refusal)
-                return pb.Ack(accepted=True, message="refusal recorded")
-            elif kind in (Step.DECLARE_LAYOUT, Step.SECAGG_ADVERTISE, Step.SECAGG_SHARE, Step.SECAGG_CONSISTENCY,
-                          Step.SECAGG_UNMASK):
-                clipped = _clipped(request.metrics_json) if kind is Step.SECAGG_UNMASK else 0
-                self.orch.secagg_message(site, request.round_id, int(request.step), kind, request.payload)
-                if clipped:
-                    self.metrics.record_clipped(clipped)
-            else:
-                raise codec.CodecError(f"Submit does not take kind {pb.StepKind.Name(request.kind)}")
-            return pb.Ack(accepted=True, message="accepted")
+    async def submit(self, request: pb.SubmitRequest, context: Ctx) -> pb.Ack:
+        """A small step reply (metrics validated against their schema)."""
+        site = self._site(context)
+        kind = Step(pb.StepKind.Name(request.kind)) if request.kind else None
+        if kind is Step.TRAIN:
+            metrics = train_metrics(request.metrics_json)
+            await self.edge.run(self.orch.trained, site, request.round_id, int(request.step), metrics)
+        elif request.refusal and kind in _SECURE_SUM_STEPS:
+            await self.edge.run(self.orch.secagg_refusal, site, request.round_id, int(request.step), kind,
+                                request.refusal)
+            return pb.Ack(accepted=True, message="refusal recorded")
+        elif kind in _SECURE_SUM_STEPS and kind is not Step.SECAGG_MASKED:
+            clipped = unmask_metrics(request.metrics_json) if kind is Step.SECAGG_UNMASK else 0
+            await self.edge.run(self.orch.secagg_message, site, request.round_id, int(request.step), kind,
+                                request.payload)
+            if clipped:
+                self.edge.metrics.record_clipped(clipped)
+        else:
+            raise codec.CodecError(f"Submit does not take kind {pb.StepKind.Name(request.kind)}")
+        return pb.Ack(accepted=True, message="accepted")
 
 
-def _clipped(text: str) -> int:
-    """The site's count of clipped values, reported with its unmasking shares."""
-    value = _metrics(text).get("clipped", 0)
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise codec.CodecError(f"metrics_json.clipped must be a count >= 0, got {value!r}")
-    return value
+class ModelsService:
+    """Consumers pull published versions (the roles allowed are the operator's setting)."""
 
+    name = "fedquilt.v1.Models"
 
-def _metrics(text: str) -> dict[str, Any]:
-    try:
-        value = json.loads(text or "{}")
-    except json.JSONDecodeError as exc:
-        raise codec.CodecError(f"metrics_json is not JSON: {exc}") from None
-    if not isinstance(value, dict) or len(text) > 65536:
-        raise codec.CodecError("metrics_json must be a JSON object under 64 KiB")
-    return value
-
-
-class ModelsServicer(pb_grpc.ModelsServicer):
-    """Consumers pull published versions."""
-
-    def __init__(self, store: FileModelStore, authz: Authorizer, metrics: Metrics,
-                 chunk_bytes: int = codec.CHUNK_BYTES, crl_path: Path | None = None) -> None:
-        self.store, self.authz, self.metrics = store, authz, metrics
-        self.chunk_bytes = chunk_bytes
+    def __init__(self, edge: Edge, store: FileModelStore, pull_roles: set[Role], crl_path: Path | None = None) -> None:
+        self.edge, self.store, self.pull_roles = edge, store, set(pull_roles)
         self.crl_path = crl_path
         """Streamed as ``crl.pem`` after a version's files: the consumer checks the manifest signer against it."""
 
-    def ListVersions(self, request: pb.ListVersionsRequest, context: grpc.ServicerContext) -> pb.VersionList:
-        with translated(context, "ListVersions", self.metrics):
-            self.authz.check(_auth(context), _ANY_ROLE)
-            out = []
-            for version in self.store.versions(request.model):
-                m = self.store.manifest(request.model, version)
-                out.append(pb.VersionInfo(model=request.model, version=version, round=int(m.get("round", 0)),
-                                          rule=str(m.get("rule", "")), created=str(m.get("created", "")),
-                                          tags=self.store.tags_of(request.model, version)))
-            return pb.VersionList(versions=out)
+    def handlers(self) -> dict[str, Handler]:
+        """Method name -> handler."""
+        return {"ListVersions": unary(self.edge, "ListVersions", pb.ListVersionsRequest, self.list_versions),
+                "Pull": unary_stream(self.edge, "Pull", pb.PullRequest, self.pull)}
 
-    def Pull(self, request: pb.PullRequest, context: grpc.ServicerContext) -> Iterator[pb.FileChunk]:
-        with translated(context, "Pull", self.metrics):
-            self.authz.check(_auth(context), _ANY_ROLE)
-            version = self.store.resolve(request.model, request.version or "latest")
-            manifest = self.store.manifest(request.model, version)
-            files = {"manifest.json": json.dumps(manifest, indent=2, sort_keys=True).encode()}
-            for name in sorted(manifest["files"]):
-                files[name] = self.store.read(request.model, version, name)
-            if self.crl_path is not None and self.crl_path.exists() and "crl.pem" not in files:
-                files["crl.pem"] = self.crl_path.read_bytes()
-        for name, body in files.items():
-            for chunk in codec.chunks(body, self.chunk_bytes):
-                yield pb.FileChunk(path=name, data=chunk.data, offset=chunk.offset, file_size=chunk.total_size,
-                                   sha256=chunk.sha256, version=version)
+    async def list_versions(self, request: pb.ListVersionsRequest, context: Ctx) -> pb.VersionList:
+        """Every published version of a model."""
+        self.edge.check(context, self.pull_roles)
+        return await self.edge.run(self._list, validate_name("model", request.model))
+
+    def _list(self, model: str) -> pb.VersionList:
+        out = []
+        for version in self.store.versions(model):
+            m = self.store.manifest(model, version)
+            out.append(pb.VersionInfo(model=model, version=version, round=int(m.get("round", 0)),
+                                      rule=str(m.get("rule", "")), created=str(m.get("created", "")),
+                                      tags=self.store.tags_of(model, version)))
+        return pb.VersionList(versions=out)
+
+    async def pull(self, request: pb.PullRequest, context: Ctx) -> list[pb.FileChunk]:
+        """A version's files and its signed manifest, chunked."""
+        self.edge.check(context, self.pull_roles)
+        return await self.edge.run(self._pull, validate_name("model", request.model), request.version or "latest")
+
+    def _pull(self, model: str, ref: str) -> list[pb.FileChunk]:
+        version = self.store.resolve(model, ref)
+        manifest = self.store.manifest(model, version)
+        files = {"manifest.json": json.dumps(manifest, indent=2, sort_keys=True).encode()}
+        for name in sorted(manifest["files"]):
+            files[name] = self.store.read(model, version, name)
+        if self.crl_path is not None and self.crl_path.exists() and "crl.pem" not in files:
+            files["crl.pem"] = self.crl_path.read_bytes()
+        return [pb.FileChunk(path=name, data=chunk.data, offset=chunk.offset, file_size=chunk.total_size,
+                             sha256=chunk.sha256, version=version)
+                for name, body in files.items() for chunk in codec.chunks(body, self.edge.chunk_bytes)]
 
 
-class AdminServicer(pb_grpc.AdminServicer):
+class AdminService:
     """Operator RPCs (admin certificates only)."""
 
-    def __init__(self, orch: Orchestrator, authz: Authorizer, metrics: Metrics) -> None:
-        self.orch, self.authz, self.metrics = orch, authz, metrics
+    name = "fedquilt.v1.Admin"
 
-    def Status(self, request: pb.StatusRequest, context: grpc.ServicerContext) -> pb.StatusReply:
-        with translated(context, "Status", self.metrics):
-            self.authz.check(_auth(context), Role.ADMIN)
-            return pb.StatusReply(json=json.dumps(self.orch.status()))
+    def __init__(self, edge: Edge, orch: Orchestrator, wakeups: Wakeups) -> None:
+        self.edge, self.orch, self.wakeups = edge, orch, wakeups
 
-    def ListSites(self, request: pb.ListSitesRequest, context: grpc.ServicerContext) -> pb.SiteList:
-        with translated(context, "ListSites", self.metrics):
-            self.authz.check(_auth(context), Role.ADMIN)
-            sites = self.orch.status()["sites"]
-            return pb.SiteList(sites=[pb.SiteInfo(site_id=s["site"], online=s["online"], num_samples=s["num_samples"],
-                                                  lora_rank=s["rank"], last_seen=f"{s['last_seen_seconds_ago']}s ago")
-                                      for s in sites])
+    def handlers(self) -> dict[str, Handler]:
+        """Method name -> handler."""
+        e = self.edge
+        return {"Status": unary(e, "Status", pb.StatusRequest, self.status),
+                "ListSites": unary(e, "ListSites", pb.ListSitesRequest, self.list_sites),
+                "SetFederationState": unary(e, "SetFederationState", pb.FederationStateRequest, self.set_state)}
 
-    def SetFederationState(self, request: pb.FederationStateRequest, context: grpc.ServicerContext) -> pb.StatusReply:
-        with translated(context, "SetFederationState", self.metrics):
-            self.authz.check(_auth(context), Role.ADMIN)
-            self.orch.set_running(bool(request.running))
-            return pb.StatusReply(json=json.dumps(self.orch.status()))
+    async def status(self, request: pb.StatusRequest, context: Ctx) -> pb.StatusReply:
+        """The status snapshot as JSON."""
+        self.edge.check(context, Role.ADMIN)
+        return pb.StatusReply(json=json.dumps(await self.edge.run(self.orch.status)))
+
+    async def list_sites(self, request: pb.ListSitesRequest, context: Ctx) -> pb.SiteList:
+        """Every known site."""
+        self.edge.check(context, Role.ADMIN)
+        sites = (await self.edge.run(self.orch.status))["sites"]
+        return pb.SiteList(sites=[pb.SiteInfo(site_id=s["site"], online=s["online"], num_samples=s["num_samples"],
+                                              lora_rank=s["rank"], last_seen=f"{s['last_seen_seconds_ago']}s ago")
+                                  for s in sites])
+
+    async def set_state(self, request: pb.FederationStateRequest, context: Ctx) -> pb.StatusReply:
+        """Start or pause the federation."""
+        self.edge.check(context, Role.ADMIN)
+        await self.edge.run(self.orch.set_running, bool(request.running))
+        self.wakeups.changed(force=True)
+        return pb.StatusReply(json=json.dumps(await self.edge.run(self.orch.status)))
+
+
+def generic_handlers(*services: FederationService | ModelsService | AdminService) -> list[grpc.GenericRpcHandler]:
+    """One generic handler per service (raw bytes in and out)."""
+    return [grpc.method_handlers_generic_handler(s.name, s.handlers()) for s in services]

@@ -14,6 +14,7 @@ is trusted to be markup-free.
 
 from __future__ import annotations
 
+import hmac
 import html
 import json
 import logging
@@ -53,6 +54,8 @@ class StatusServer(ThreadingHTTPServer):
         super().__init__(address, _Handler)
         self.metrics, self.status_fn = metrics, status_fn
         self.thread: threading.Thread | None = None
+        self.token: str | None = None
+        """When set, every route but /healthz needs ``Authorization: Bearer <token>`` (401 otherwise)."""
 
     def stop(self) -> None:
         """Stop serving, close the socket and join the serving thread."""
@@ -62,8 +65,12 @@ class StatusServer(ThreadingHTTPServer):
             self.thread.join(timeout=5)
 
 
-def start_http(listen: str, metrics: Metrics, status_fn: StatusFn) -> tuple[StatusServer, int]:
-    """Serve /metrics, /status, /status.json and /healthz on ``listen`` ("host:port", port 0 = any)."""
+def start_http(listen: str, metrics: Metrics, status_fn: StatusFn,
+               token: str | None = None) -> tuple[StatusServer, int]:
+    """Serve /metrics, /status, /status.json and /healthz on ``listen`` ("host:port", port 0 = any).
+
+    With ``token``, every route but /healthz (the probes') needs ``Authorization: Bearer <token>``.
+    """
     host, port = parse_listen(listen)
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     try:
@@ -71,6 +78,7 @@ def start_http(listen: str, metrics: Metrics, status_fn: StatusFn) -> tuple[Stat
     except OSError as exc:
         raise OSError(exc.errno, f"cannot serve metrics and the status page on {listen} (server.metrics_listen): "
                                  f"{exc.strerror}") from None
+    server.token = token
     server.thread = threading.Thread(target=server.serve_forever, args=(0.1,), name="status-http", daemon=True)
     server.thread.start()
     bound = int(server.server_address[1])
@@ -98,6 +106,10 @@ class _Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         """Route one GET request."""
         path = urlsplit(self.path).path
+        if not self._authorised(path):
+            self._send(HTTPStatus.UNAUTHORIZED, b"a bearer token is required\n", "text/plain",
+                       {"WWW-Authenticate": 'Bearer realm="fedquilt"'})
+            return
         try:
             if path == "/metrics":
                 self._send(HTTPStatus.OK, self.server.metrics.exposition(), CONTENT_TYPE)
@@ -118,6 +130,13 @@ class _Handler(BaseHTTPRequestHandler):
         except Exception:  # the page must answer 500, not drop the connection, when the status fails
             log.exception("status page error on %s", path)
             self._send(HTTPStatus.INTERNAL_SERVER_ERROR, b"internal error (see coordinator log)\n", "text/plain")
+
+    def _authorised(self, path: str) -> bool:
+        token = self.server.token
+        if token is None or path == "/healthz":
+            return True
+        given = self.headers.get("Authorization", "")
+        return hmac.compare_digest(given.encode(), f"Bearer {token}".encode())
 
     def _not_allowed(self) -> None:
         """Answer 405: this server is read-only."""

@@ -45,6 +45,8 @@ class RoundSpec(BaseModel):
     global_version: str | None = None
     secagg: dict[str, Any] | None = None
     """Secure-aggregation parameters, or None for plaintext aggregation."""
+    weights: dict[str, int] = Field(default_factory=dict)
+    """The count n each site weights its submission by (the federation's weighting, capped); empty: its own."""
 
 
 def encode_spec(spec: RoundSpec) -> str:
@@ -163,38 +165,72 @@ def upload_messages(header: pb.UploadHeader, payload: bytes, size: int = CHUNK_B
     yield pb.UploadChunk(sha256=hashlib.sha256(payload).hexdigest())
 
 
+class UploadAssembler:
+    """An upload stream taken one message at a time: the header first, data within its declared size, sha256 last.
+
+    ``header()`` checks the first message before any body byte is accepted (the caller checks it against
+    the open round, then ``expect()``s an exact size); ``add()`` takes each later message; ``finish()``
+    returns the body once the trailer matched.
+    """
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self.declared = 0
+        self._buf = bytearray()
+        self._sha = hashlib.sha256()
+        self._digest: str | None = None
+
+    def header(self, first: pb.UploadChunk | None) -> pb.UploadHeader:
+        """The stream's header, checked: present, first, with a size within the limit."""
+        if first is None or first.WhichOneof("part") != "header":
+            raise CodecError("upload must start with a header")
+        header = first.header
+        if header.total_bytes < 0:
+            raise CodecError(f"upload declares {header.total_bytes} bytes")
+        if header.total_bytes > self.max_bytes:
+            raise StreamTooLarge(f"upload declares {header.total_bytes} bytes; the limit is {self.max_bytes}")
+        self.declared = int(header.total_bytes)
+        return header
+
+    def expect(self, size: int) -> None:
+        """The receiver knows the exact body size (e.g. a masked vector): refuse any other declaration now."""
+        if self.declared != size:
+            raise CodecError(f"upload declares {self.declared} bytes; this step takes exactly {size}")
+
+    def add(self, msg: pb.UploadChunk) -> None:
+        """One message after the header."""
+        part = msg.WhichOneof("part")
+        if self._digest is not None:
+            raise CodecError("data after the sha256 trailer")
+        if part == "data":
+            if len(self._buf) + len(msg.data) > self.declared:
+                raise CodecError(f"upload exceeds its declared {self.declared} bytes")
+            self._buf += msg.data
+            self._sha.update(msg.data)
+        elif part == "sha256":
+            self._digest = msg.sha256
+        else:
+            raise CodecError(f"unexpected {part!r} in the middle of an upload")
+
+    def finish(self) -> bytes:
+        """The body, once complete and matching its trailer."""
+        if self._digest is None:
+            raise CodecError("upload ended without its sha256 trailer")
+        if len(self._buf) != self.declared:
+            raise CodecError(f"upload has {len(self._buf)} bytes, header declared {self.declared}")
+        if self._sha.hexdigest() != self._digest:
+            raise CodecError("upload sha256 does not match its payload")
+        return bytes(self._buf)
+
+
 def read_upload(stream: Iterable[pb.UploadChunk], max_bytes: int) -> tuple[pb.UploadHeader, bytes]:
     """Reassemble an upload: exactly one header first, data within the declared size, sha256 last."""
     it = iter(stream)
-    first = next(it, None)
-    if first is None or first.WhichOneof("part") != "header":
-        raise CodecError("upload must start with a header")
-    header = first.header
-    if header.total_bytes < 0:
-        raise CodecError(f"upload declares {header.total_bytes} bytes")
-    if header.total_bytes > max_bytes:
-        raise StreamTooLarge(f"upload declares {header.total_bytes} bytes; the limit is {max_bytes}")
-    buf = bytearray()
-    digest = None
+    upload = UploadAssembler(max_bytes)
+    header = upload.header(next(it, None))
     for msg in it:
-        part = msg.WhichOneof("part")
-        if digest is not None:
-            raise CodecError("data after the sha256 trailer")
-        if part == "data":
-            buf += msg.data
-            if len(buf) > header.total_bytes:
-                raise CodecError(f"upload exceeds its declared {header.total_bytes} bytes")
-        elif part == "sha256":
-            digest = msg.sha256
-        else:
-            raise CodecError(f"unexpected {part!r} in the middle of an upload")
-    if digest is None:
-        raise CodecError("upload ended without its sha256 trailer")
-    if len(buf) != header.total_bytes:
-        raise CodecError(f"upload has {len(buf)} bytes, header declared {header.total_bytes}")
-    if hashlib.sha256(buf).hexdigest() != digest:
-        raise CodecError("upload sha256 does not match its payload")
-    return header, bytes(buf)
+        upload.add(msg)
+    return header, upload.finish()
 
 
 # --- global state --------------------------------------------------------------------------------

@@ -27,8 +27,9 @@ def render(values: dict[str, Any] | None = None) -> dict[str, dict[str, Any]]:
         if name.endswith(".yaml"):
             for doc in yaml.safe_load_all(text):
                 if doc:
-                    assert doc["kind"] not in objects, f"two {doc['kind']} objects"
-                    objects[doc["kind"]] = doc
+                    key = doc["kind"] + ("/status" if doc["metadata"]["name"].endswith("-status") else "")
+                    assert key not in objects, f"two {key} objects"
+                    objects[key] = doc
     return objects
 
 
@@ -39,12 +40,12 @@ def test_helm_lint_finds_no_errors() -> None:
 
 
 def test_renders_the_expected_objects() -> None:
-    assert sorted(render()) == ["ConfigMap", "Service", "StatefulSet"]
-    assert sorted(render({"serviceMonitor": {"enabled": True}})) == ["ConfigMap", "Service", "ServiceMonitor",
-                                                                    "StatefulSet"]
+    assert sorted(render()) == ["ConfigMap", "Service", "Service/status", "StatefulSet"]
+    assert sorted(render({"serviceMonitor": {"enabled": True}})) == ["ConfigMap", "Service", "Service/status",
+                                                                    "ServiceMonitor", "StatefulSet"]
 
 
-@pytest.mark.parametrize("kind", ["ConfigMap", "Service", "StatefulSet"])
+@pytest.mark.parametrize("kind", ["ConfigMap", "Service", "Service/status", "StatefulSet"])
 def test_manifests_match_the_kubernetes_schemas(kind: str) -> None:
     kv = pytest.importorskip("kubernetes_validate")
     kv.validate(render()[kind], K8S_VERSION, strict=True)
@@ -62,7 +63,10 @@ def test_service_monitor_scrapes_the_metrics_port() -> None:
     objs = render({"serviceMonitor": {"enabled": True, "interval": "15s"}})
     endpoint = objs["ServiceMonitor"]["spec"]["endpoints"][0]
     assert (endpoint["port"], endpoint["path"], endpoint["interval"]) == ("metrics", "/metrics", "15s")
-    assert objs["ServiceMonitor"]["spec"]["selector"]["matchLabels"] == objs["Service"]["spec"]["selector"]
+    labels = objs["ServiceMonitor"]["spec"]["selector"]["matchLabels"]
+    status, grpc_service = objs["Service/status"]["metadata"]["labels"], objs["Service"]["metadata"]["labels"]
+    assert all(status.get(k) == v for k, v in labels.items())  # selects the status Service ...
+    assert not all(grpc_service.get(k) == v for k, v in labels.items())  # ... and not the gRPC one
 
 
 def test_config_map_is_a_valid_coordinator_config(tmp_path: Path) -> None:
@@ -112,7 +116,20 @@ def test_probes_are_http_healthz_on_the_metrics_port() -> None:
         assert container[probe]["httpGet"] == {"path": "/healthz", "port": "metrics"}, probe
         assert "grpc" not in container[probe]
     service_ports = {p["name"]: (p["port"], p["targetPort"]) for p in objs["Service"]["spec"]["ports"]}
-    assert service_ports == {"grpc": (7443, "grpc"), "metrics": (9464, "metrics")}
+    assert service_ports == {"grpc": (7443, "grpc")}
+    status_ports = {p["name"]: (p["port"], p["targetPort"]) for p in objs["Service/status"]["spec"]["ports"]}
+    assert status_ports == {"metrics": (9464, "metrics")}
+
+
+@pytest.mark.parametrize("service_type", ["ClusterIP", "LoadBalancer", "NodePort"])
+def test_the_status_and_metrics_port_is_only_on_a_cluster_ip_service(service_type: str) -> None:
+    objs = render({"service": {"type": service_type}})
+    assert objs["Service"]["spec"]["type"] == service_type
+    assert [p["name"] for p in objs["Service"]["spec"]["ports"]] == ["grpc"]
+    assert objs["Service/status"]["spec"]["type"] == "ClusterIP"
+    assert [p["name"] for p in objs["Service/status"]["spec"]["ports"]] == ["metrics"]
+    exposed = [o for o in objs.values() if o["kind"] == "Service" and o["spec"]["type"] != "ClusterIP"]
+    assert all(p["name"] != "metrics" for o in exposed for p in o["spec"]["ports"])
 
 
 def test_runs_unprivileged_with_a_read_only_root() -> None:
@@ -139,3 +156,18 @@ def test_no_secret_material_in_the_chart() -> None:
             text = path.read_text()
             assert "PRIVATE KEY" not in text and "BEGIN CERTIFICATE" not in text, path
     assert "Secret" not in render()
+
+
+def test_an_optional_bearer_token_guards_the_status_page_and_metrics(tmp_path: Path) -> None:
+    assert "status_token_file" not in render()["ConfigMap"]["data"]["coordinator.toml"]
+    objs = render({"status": {"tokenSecretName": "fq-status-token"}, "serviceMonitor": {"enabled": True}})
+    pod = objs["StatefulSet"]["spec"]["template"]["spec"]
+    mounts = {m["name"]: m for m in pod["containers"][0]["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert mounts["status-token"]["mountPath"] == "/etc/fedquilt/status-token" and mounts["status-token"]["readOnly"]
+    assert volumes["status-token"]["secret"]["secretName"] == "fq-status-token"
+    path = tmp_path / "coordinator.toml"
+    path.write_text(objs["ConfigMap"]["data"]["coordinator.toml"])
+    assert load_config(path, environ={}).server.status_token_file == Path("/etc/fedquilt/status-token/token")
+    endpoint = objs["ServiceMonitor"]["spec"]["endpoints"][0]
+    assert endpoint["bearerTokenSecret"] == {"name": "fq-status-token", "key": "token"}

@@ -27,7 +27,7 @@ from fedquilt.cli.federation_files import FederationFiles, write_federation
 from fedquilt.cli.workspace import SitePaths, Workspace
 from fedquilt.coordinator import server
 from fedquilt.coordinator.collect import PlainCollector
-from fedquilt.coordinator.config import load_config
+from fedquilt.coordinator.config import FederationConfig, ServerConfig, load_config
 from fedquilt.proto import codec
 from fedquilt.proto import federation_pb2 as pb
 from fedquilt.proto import federation_pb2_grpc as pb_grpc
@@ -109,6 +109,51 @@ class Wire:
     def admin(self, who: str = "admin") -> pb_grpc.AdminStub:
         """Admin stub for ``who``."""
         return pb_grpc.AdminStub(self.channel(who))
+
+    def standin(self, who: str, **kwargs: Any) -> Any:
+        """A real agent loop for ``who`` (own channel, secure-sum client) around a stand-in trainer."""
+        from fedquilt.bench.standin import standin_loop
+
+        cert, key = self.cert(who)
+        kwargs.setdefault("shapes", SHAPES)
+        kwargs.setdefault("rank", RANK)
+        kwargs.setdefault("give_up_after", 3.0)  # the loop ends soon after the test stops the coordinator
+        return standin_loop(self.address, (self.files.ca_dir / "ca.pem").read_bytes(), cert.read_bytes(),
+                            key.read_bytes(), fingerprint=self.fingerprint,
+                            state_dir=self.files.root / f"standin-{who}", **kwargs)
+
+    def restart(self) -> None:
+        """Stop the coordinator and start it again on the same files (state and store are kept; new port)."""
+        self.close()
+        self._channels.clear()
+        self.running.stop(grace=0.1)
+        self.running = server.start(load_config(self.files.coordinator_config), tick_seconds=0.02)
+
+    def publish_one_round(self, sites: tuple[str, ...] = ("site-0", "site-1")) -> list[dict[str, Any]]:
+        """Drive one plaintext round by hand to its published version; returns the history."""
+        done = len(self.running.orchestrator.status()["history"])
+        # after = last_step - 1: a round that opened before this Hello is the site's current step
+        steps = {s: max(self.hello(s).last_step - 1, 0) for s in sites}
+        uploads = self.next_stage({s: self._next_train(s, steps[s]) for s in sites}, pb.UPLOAD_PLAIN)
+        for i, (who, task) in enumerate(uploads.items()):
+            self.upload(who, task, codec.encode_tensors(tensors(seed=i)))
+        history = self.wait_history(done + 1)
+        orch = self.running.orchestrator
+        deadline = time.monotonic() + 10
+        while orch.finished() and any(r.assignment.kind.value != "SHUTDOWN" for r in orch.sites.values()):
+            if time.monotonic() > deadline:  # the last transition of a finished federation
+                raise TimeoutError("the finished federation did not shut its sites down")
+            time.sleep(0.02)
+        return history
+
+    def _next_train(self, who: str, after: int, within: float = 10.0) -> pb.Task:
+        deadline = time.monotonic() + within
+        while time.monotonic() < deadline:
+            task = self.fed(who).WaitForTask(pb.WaitRequest(after_step=after, wait_seconds=1.0), timeout=CALL_TIMEOUT)
+            if task.kind == pb.TRAIN:
+                return task
+            after = max(after, task.step) if task.kind != pb.IDLE else after
+        raise TimeoutError(f"{who}: no TRAIN within {within}s")
 
     def close(self) -> None:
         """Close every channel."""
@@ -203,9 +248,10 @@ class Wire:
         return json.loads(json.dumps(state, default=str))  # type: ignore[no-any-return]
 
 
-def _edit_config(path: Path, server_fields: dict[str, Any]) -> None:
+def _edit_config(path: Path, server_fields: dict[str, Any], federation_fields: dict[str, Any] | None = None) -> None:
     data = tomllib.loads(path.read_text())
     data["server"].update(server_fields)
+    data["federation"].update(federation_fields or {})
     path.write_text(tomli_w.dumps(data))
 
 
@@ -232,12 +278,17 @@ def coordinator(tmp_path: Path, wire_workspace: Workspace) -> Iterator[Callable[
     started: list[Wire] = []
     fp = fingerprint(wire_workspace.model_dir)
 
-    def start(secagg: bool = False, timeouts: tuple[float, float] = (60.0, 60.0), **server_fields: Any) -> Wire:
+    def start(secagg: bool = False, timeouts: tuple[float, float] = (60.0, 60.0), federation: dict[str, Any] | None = None,
+              **server_fields: Any) -> Wire:
+        """``federation`` overrides [federation] fields (default: the operator names the targets, SHAPES)."""
         files = write_federation(tmp_path / f"fed{len(started)}", wire_workspace, secagg=secagg, min_sites=2,
                                  timeouts=timeouts, rounds=1)
         limits = {"max_upload_bytes": MAX_UPLOAD_BYTES, "max_message_bytes": MAX_MESSAGE_BYTES,
                   "long_poll_seconds": 1.0}
-        _edit_config(files.coordinator_config, {**limits, **server_fields})
+        fed_fields = {"target_shapes": {k: list(v) for k, v in SHAPES.items()}, **(federation or {})}
+        server_known = {k: v for k, v in {**limits, **server_fields}.items() if k in ServerConfig.model_fields}
+        _edit_config(files.coordinator_config, server_known,
+                     {k: v for k, v in fed_fields.items() if v is not None and k in FederationConfig.model_fields})
         running = server.start(load_config(files.coordinator_config), tick_seconds=0.02)
         wire = Wire(files, running, fp)
         started.append(wire)
