@@ -54,9 +54,12 @@ class DPLoraTrainer(LoraTrainer):
         privacy: PrivacySite,
         device: str = "auto",
         seed: int | None = None,
+        num_labels: int | None = None,
+        head_seed: int | None = None,
     ) -> None:
         """Load the base model as ``LoraTrainer`` does; train under ``privacy``'s settings."""
-        super().__init__(model_dir, task, target_modules, device=device, seed=seed)
+        super().__init__(model_dir, task, target_modules, device=device, seed=seed, num_labels=num_labels,
+                         head_seed=head_seed)
         self.privacy = privacy
         self._run: PrivateRun | None = None
         self._report: PrivacyReport | None = None

@@ -29,7 +29,7 @@ from ..proto import codec
 from ..proto import federation_pb2 as pb
 from ..proto import tensors_pb2 as tpb
 from ..strategies.base import Broadcast, IndividualRule, LocalUpdate, RoundContext, Rule
-from ..strategies.registry import make_rule
+from ..strategies.registry import federated_rule
 from .privacy_ledger import BudgetExhausted
 from .trainer import TrainHyper, TrainResult, Trainer
 
@@ -136,9 +136,9 @@ class AgentLoop:
 
     def _train(self, task: pb.Task) -> None:
         spec = codec.decode_spec(task.spec_json)
-        rule = make_rule(spec.rule, spec.params)
+        rule = federated_rule(spec.rule, spec.params)  # issue 14: the round's modules_to_save travel with the rule
         ctx = RoundContext(round=spec.round, shapes=spec.shapes, ranks=spec.ranks, session=bytes.fromhex(spec.nonce),
-                           params=spec.params)
+                           params=spec.params, saved=tuple(spec.modules_to_save))
         glob = self._global(spec.global_version)
         plan = rule.start(glob, ctx, self.site, self.alpha, state=self.rule_state)
         hp = TrainHyper.model_validate(spec.train)

@@ -44,6 +44,7 @@ from ..strategies.base import LocalUpdate, TrainingPlan
 from ..strategies.lora import Adapter, LoraFactors
 from .basemodel import load_base, target_shapes
 from .device import resolve
+from .saved_training import read_saved, start_saved
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
@@ -75,6 +76,10 @@ class TrainHyper(BaseModel):
     galore_scale: float = Field(default=0.25, gt=0, allow_inf_nan=False)
     eval_batches: int | None = Field(default=None, gt=0)
     """Batches used for ``loss_before`` / ``loss_after`` (``None``: the whole local dataset)."""
+    # --- issue 14: FedProx ---
+    prox_mu: float = Field(default=0.0, ge=0, allow_inf_nan=False)
+    """FedProx's μ (Li et al. 2020): adds μ·(θ − θ_start) to every step's (clipped) gradient, i.e. the
+    proximal term μ/2·‖θ − θ_start‖² on the trainable parameters; 0 turns it off."""
 
     @model_validator(mode="after")
     def _one_length(self) -> TrainHyper:
@@ -125,17 +130,22 @@ class LoraTrainer:
         target_modules: Sequence[str],
         device: str = "auto",
         seed: int | None = None,
+        num_labels: int | None = None,
+        head_seed: int | None = None,
     ) -> None:
         self.task: Task = task
         self.placement = resolve(device)
         """Training device, load dtype and autocast dtype."""
-        base, self.tokenizer = load_base(model_dir, task, device="cpu", dtype=self.placement.dtype)
+        base, self.tokenizer = load_base(model_dir, task, device="cpu", dtype=self.placement.dtype,
+                                         num_labels=num_labels, head_seed=head_seed)
         self._base: PreTrainedModel = base
         self._targets = target_shapes(base, target_modules)
         self._seed = seed
         self._rounds = 0
         self.planned_steps = 0
         self.eval_data: Dataset[Batch] | None = None
+        self._prox_anchor: list[torch.Tensor] = []
+        """FedProx's θ_start of the current ``fit`` (empty when μ = 0)."""
         """Held-out local data; when set, every round reports the received model's loss on it."""
         """Optimizer steps of the current ``fit``, set before ``_prepare`` (a DP wrapper needs it)."""
 
@@ -175,6 +185,7 @@ class LoraTrainer:
                 weight = _weight(modules[name], "weight", name)
                 weight.data = weight.data.to(torch.float32)  # trained weights keep float32 masters
                 weight.requires_grad_(True)
+            start_saved(model, plan)  # issue 14: dense modules_to_save (no-op without them)
             return model
         return self._peft(model, plan)
 
@@ -189,6 +200,7 @@ class LoraTrainer:
             target_modules=sorted(self._targets),
             lora_dropout=0.0,
             bias="none",
+            modules_to_save=list(plan.modules_to_save) or None,  # issue 14: e.g. a seq-cls head
         )
         with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
             # PEFT still calls a transformers method deprecated in v5; not ours to act on.
@@ -202,6 +214,8 @@ class LoraTrainer:
         for name, layer in layers.items():
             _weight(layer, "lora_A", name).requires_grad_(plan.train_a)
             _weight(layer, "lora_B", name).requires_grad_(plan.train_b)
+        if plan.modules_to_save:
+            start_saved(peft_model, plan)
         return peft_model.to(self.placement.device)
 
     def train(self, plan: TrainingPlan, data: Dataset[Batch], hp: TrainHyper, progress: bool = True) -> TrainResult:
@@ -220,6 +234,7 @@ class LoraTrainer:
         loss_before = self.evaluate(model, data, hp)
         eval_loss = self.evaluate(model, self.eval_data, hp) if self.eval_data is not None else math.nan
         params = [p for p in model.parameters() if p.requires_grad]
+        self._prox_anchor = [p.detach().clone() for p in params] if hp.prox_mu > 0 else []
         optimizer = _optimizer(params, hp)
         loader = self._loader(data, hp.batch_size, shuffle=True)
         steps = hp.local_steps if hp.local_steps is not None else (hp.epochs or 1) * len(loader)
@@ -229,9 +244,10 @@ class LoraTrainer:
         loss_after = self.evaluate(model, data, hp)
         if plan.dense:
             after = self._dense_snapshot(model)
-            update = LocalUpdate(dense={name: after[name] - before[name] for name in self._targets})
+            update = LocalUpdate(dense={name: after[name] - before[name] for name in self._targets},
+                                 saved=read_saved(model, plan))
         else:
-            update = LocalUpdate(adapter=self._read_factors(model, plan.scaling))
+            update = LocalUpdate(adapter=self._read_factors(model, plan.scaling), saved=read_saved(model, plan))
         return TrainResult(update, n, losses, loss_before, loss_after, eval_loss)
 
     def _loop(
@@ -254,6 +270,7 @@ class LoraTrainer:
                     loss = self._loss(model, batch)
                 loss.backward()  # type: ignore[no-untyped-call, unused-ignore]
                 self._clip_gradients(params, hp)
+                _proximal(params, self._prox_anchor, hp.prox_mu)
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
                 losses.append(float(loss.detach()))
@@ -372,6 +389,16 @@ def _galore(params: list[torch.nn.Parameter], hp: TrainHyper) -> torch.optim.Opt
                    "scale": hp.galore_scale, "proj_type": "std"})
     optimizer: torch.optim.Optimizer = GaLoreAdamW(groups, lr=hp.lr, weight_decay=hp.weight_decay)
     return optimizer
+
+
+def _proximal(params: list[torch.nn.Parameter], anchor: list[torch.Tensor], mu: float) -> None:
+    """FedProx: add μ·(θ − θ_start), the gradient of μ/2·‖θ − θ_start‖², to every trainable parameter."""
+    if mu <= 0:
+        return
+    with torch.no_grad():
+        for p, p0 in zip(params, anchor):
+            if p.grad is not None:
+                p.grad.add_(p.detach() - p0, alpha=mu)
 
 
 def _cycle(loader: DataLoader[Batch]) -> Iterator[Batch]:

@@ -29,7 +29,7 @@ def register(sub: Any) -> None:
 
 def build_loop(config_path: Path, progress: bool = True) -> Any:
     """Everything an agent needs, built from its configuration file."""
-    from ..agent.basemodel import fingerprint
+    from ..agent.basemodel import federation_fingerprint
     from ..agent.config import load_agent_config
     from ..agent.data import load_dataset
     from ..agent.loop import AgentLoop, hello_request
@@ -45,10 +45,11 @@ def build_loop(config_path: Path, progress: bool = True) -> Any:
 
         privacy = PrivacySite.from_config(cfg.dp, cfg.state_dir / "privacy.json")
         trainer = DPLoraTrainer(cfg.model.dir, cfg.model.task, cfg.model.target_modules, privacy,
-                                device=cfg.model.device, seed=cfg.seed)
+                                device=cfg.model.device, seed=cfg.seed, num_labels=cfg.model.num_labels,
+                                head_seed=cfg.model.head_seed)
     else:
         trainer = LoraTrainer(cfg.model.dir, cfg.model.task, cfg.model.target_modules, device=cfg.model.device,
-                              seed=cfg.seed)
+                              seed=cfg.seed, num_labels=cfg.model.num_labels, head_seed=cfg.model.head_seed)
     data = load_dataset(cfg.data.train, trainer.tokenizer, cfg.model.task, cfg.model.max_length, cfg.model.num_labels)
     eval_data = None
     if cfg.data.eval is not None:
@@ -58,7 +59,8 @@ def build_loop(config_path: Path, progress: bool = True) -> Any:
     chan = channel(cfg.coordinator.address, cfg.tls.ca.read_bytes(), cfg.tls.cert.read_bytes(), cfg.tls.key.read_bytes(),
                    cfg.coordinator.server_name)
     transport = Transport(chan, max_backoff=cfg.coordinator.max_backoff)
-    hello = hello_request(trainer, fingerprint(cfg.model.dir), data.n, cfg.model.rank, cfg.model.alpha, cfg.model.task,
+    fp = federation_fingerprint(cfg.model.dir, cfg.model.task, cfg.model.num_labels, cfg.model.head_seed)
+    hello = hello_request(trainer, fp, data.n, cfg.model.rank, cfg.model.alpha, cfg.model.task,
                           __version__)
     from ..agent.secure_sum import SecureSumClient
 

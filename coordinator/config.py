@@ -80,6 +80,12 @@ class FederationConfig(_Strict):
     wait_for_sites: float = Field(60.0, gt=0)
     """How long a round waits for ``min_sites`` before it opens with who is there."""
     seed: int | None = None
+    # --- issue 14: dense federated modules and server optimizers ---
+    modules_to_save: list[str] = Field(default_factory=list)
+    """Modules every site trains densely and the federation averages (PEFT ``modules_to_save``), e.g.
+    ``["classifier"]`` or ``["score"]`` for a seq-cls head; published with the adapter."""
+    server_optimizer: dict[str, Any] | None = None
+    """``{name = "fedavgm" | "fedadam" | "fedyogi", lr, momentum, beta1, beta2, tau}`` (strategies/server_opt.py)."""
 
     @field_validator("model", "name")
     @classmethod

@@ -319,6 +319,7 @@ class Orchestrator:
             ranks={s: self.sites[s].rank for s in sorted(cohort)}, shapes=self.shapes, train=dict(self.fed.train),
             nonce=nonce, global_version=self.global_version,
             secagg=self._secagg_spec(cohort) if self.secure else None,
+            modules_to_save=list(self.fed.modules_to_save),
         )
         rnd = RoundRecord(number=number, spec=spec, cohort=cohort, participants=set(cohort), stage=RoundStage.TRAINING,
                           deadline=now + self.fed.train_timeout, started=now)
@@ -378,7 +379,7 @@ class Orchestrator:
                 self._assign(site, kind, rnd, spec_json=spec_json, payload=payload)
         else:
             rnd.collector = PlainCollector(rnd.participants, keep_individual=isinstance(self.rule, IndividualRule),
-                                           modules=rnd.spec.shapes)
+                                           modules=rnd.spec.shapes, saved=rnd.spec.modules_to_save)
             for site in rnd.participants:
                 self._assign(site, Step.UPLOAD_PLAIN, rnd, spec_json=spec_json)
 
@@ -431,7 +432,8 @@ class Orchestrator:
     def _context(self, rnd: RoundRecord) -> RoundContext:
         return RoundContext(round=rnd.number, shapes=rnd.spec.shapes,
                             ranks={s: rnd.spec.ranks[s] for s in sorted(rnd.participants)},
-                            session=bytes.fromhex(rnd.spec.nonce), params=rnd.spec.params)
+                            session=bytes.fromhex(rnd.spec.nonce), params=rnd.spec.params,
+                            saved=tuple(rnd.spec.modules_to_save))
 
     def _publish(self, rnd: RoundRecord, agg: Aggregate, now: float) -> None:
         collector = rnd.collector
