@@ -9,7 +9,7 @@ import sys
 from typing import Sequence
 
 # Subcommand modules, each exposing ``register(subparsers) -> None`` that sets ``func`` on its parser.
-_COMMANDS = ("certs", "coordinator", "agent", "pull", "merge", "demo", "admin", "fingerprint")
+_COMMANDS = ("certs", "coordinator", "agent", "pull", "merge", "demo", "admin", "fingerprint", "simulate")
 
 
 def build_parser() -> argparse.ArgumentParser:
