@@ -30,6 +30,7 @@ from __future__ import annotations
 import copy
 import itertools
 import math
+import threading
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,6 +53,7 @@ if TYPE_CHECKING:
 Task = Literal["causal-lm", "seq-cls"]
 Batch = dict[str, torch.Tensor]
 _PEFT_PREFIX = "base_model.model."
+_SEEDED_INIT = threading.Lock()
 
 
 class TrainerError(ValueError):
@@ -202,7 +204,9 @@ class LoraTrainer:
             bias="none",
             modules_to_save=list(plan.modules_to_save) or None,  # issue 14: e.g. a seq-cls head
         )
-        with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
+        # The lock: torch's CPU generator is process-wide, so agents in threads of one process (the e2e tests)
+        # would otherwise draw each other's seeded LoRA init (issue 14 found it reproducing a wire round).
+        with _SEEDED_INIT, torch.random.fork_rng(devices=[]), warnings.catch_warnings():
             # PEFT still calls a transformers method deprecated in v5; not ours to act on.
             warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
             if self._seed is not None:
@@ -314,6 +318,8 @@ class LoraTrainer:
         generator = None
         if shuffle and self._seed is not None:
             generator = torch.Generator().manual_seed(self._seed * 1_000_003 + self._rounds)
+        elif not shuffle:  # a loader iterator without a generator draws its base seed from the process-wide RNG
+            generator = torch.Generator().manual_seed(0)
         collate: Any = getattr(data, "collate", None)
         return DataLoader(data, batch_size=batch_size, shuffle=shuffle, collate_fn=collate, generator=generator)
 
