@@ -40,6 +40,17 @@ def tokenize(rows: list[dict[str, Any]], tokenizer: Any, task: str, max_length: 
     return TokenizedDataset(encoded["input_ids"], labels, int(pad))
 
 
+_EVALUATORS: dict[tuple[Any, ...], Evaluator] = {}
+
+
+def _evaluator(mdir: Path, task: str, num_labels: int | None, head_seed: int) -> Evaluator:
+    """One resident evaluation model per base (it restores its weights before every score)."""
+    key = (str(mdir), task, num_labels, head_seed)
+    if key not in _EVALUATORS:
+        _EVALUATORS[key] = Evaluator(mdir, task, num_labels, head_seed)  # type: ignore[arg-type]
+    return _EVALUATORS[key]
+
+
 def build_simulation(cfg: SimConfig, echo: Callable[[str], None] | None = None,
                      corpus: Corpus | None = None) -> Prepared:
     """Load the model and data named by ``cfg`` and build the sites (``corpus`` reuses rows already read)."""
@@ -79,6 +90,6 @@ def build_simulation(cfg: SimConfig, echo: Callable[[str], None] | None = None,
             hist = label_histogram([int(r["label"]) for r in rest], parts, int(num_labels or 0))
         test = tokenize(held, tok, m.task, m.max_length)
     sites = [Site(f"site-{i}", datasets[i], ranks[i], trainers[i]) for i in range(n_sites)]
-    evaluator = Evaluator(mdir, m.task, num_labels, m.head_seed) if test is not None else None
+    evaluator = _evaluator(mdir, m.task, num_labels, m.head_seed) if test is not None else None
     sim = Simulation(cfg, sites, test, evaluator, echo)
     return Prepared(sim, mdir, [d.n for d in datasets], hist, test.n if test is not None else 0)

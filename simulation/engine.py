@@ -22,6 +22,7 @@ fixed-point rounding of the secure sum (``tests/simulation/test_simulate_matches
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import logging
 import time
@@ -186,8 +187,25 @@ def _line(r: RoundRecord) -> str:
             f"{r.train_loss_after:.4f}, {m} ({r.seconds:.1f}s)")
 
 
+_TEMPLATES: dict[tuple[Any, ...], LoraTrainer] = {}
+
+
 def new_trainer(cfg: SimConfig, model_dir: Path, seed: int) -> LoraTrainer:
-    """A site's trainer, built as ``fedquilt agent run`` builds it."""
+    """A site's trainer, built as ``fedquilt agent run`` builds it (``LoraTrainer`` with the site's seed).
+
+    The loaded base is shared between the sites of a process: each site gets a shallow copy of one
+    template trainer with its own seed and round counter (the base is never modified in place: every
+    round trains a fresh copy of it), so ten sites cost one model in memory and one load.
+    """
     m = cfg.model
-    return LoraTrainer(model_dir, m.task, m.target_modules, device=m.device, seed=seed, num_labels=m.num_labels,
-                       head_seed=m.head_seed)
+    key = (str(model_dir), m.task, tuple(m.target_modules), m.device, m.num_labels, m.head_seed)
+    if key not in _TEMPLATES:
+        _TEMPLATES[key] = LoraTrainer(model_dir, m.task, m.target_modules, device=m.device, seed=0,
+                                      num_labels=m.num_labels, head_seed=m.head_seed)
+    trainer = copy.copy(_TEMPLATES[key])
+    if not (hasattr(trainer, "_seed") and hasattr(trainer, "_rounds")):  # a trainer without them: build one
+        return LoraTrainer(model_dir, m.task, m.target_modules, device=m.device, seed=seed, num_labels=m.num_labels,
+                           head_seed=m.head_seed)
+    trainer._seed, trainer._rounds = seed, 0
+    trainer.eval_data = None
+    return trainer
