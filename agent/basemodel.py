@@ -177,8 +177,9 @@ def load_base(
     place = resolve(device, dtype)
     auto = AutoModelForCausalLM if task == "causal-lm" else AutoModelForSequenceClassification
     extra: dict[str, Any] = {"num_labels": num_labels} if task == "seq-cls" and num_labels else {}
-    model, info = auto.from_pretrained(str(model_dir), local_files_only=True, dtype=place.dtype,
+    loaded: Any = auto.from_pretrained(str(model_dir), local_files_only=True, dtype=place.dtype,
                                        output_loading_info=True, **extra)
+    model, info = loaded
     if task == "seq-cls" and head_seed is not None:  # issue 14: the new head is federated state
         from .head_init import seed_missing
 

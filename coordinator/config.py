@@ -87,6 +87,13 @@ class FederationConfig(_Strict):
     server_optimizer: dict[str, Any] | None = None
     """``{name = "fedavgm" | "fedadam" | "fedyogi", lr, momentum, beta1, beta2, tau}`` (strategies/server_opt.py)."""
 
+    @model_validator(mode="after")
+    def _seq_cls_head(self) -> FederationConfig:
+        # issue 14: a seq-cls head is federated (trained and averaged densely) unless the operator names others.
+        if self.task == "seq-cls" and not self.modules_to_save:
+            object.__setattr__(self, "modules_to_save", ["classifier", "score"])
+        return self
+
     @field_validator("model", "name")
     @classmethod
     def _name(cls, v: str) -> str:

@@ -98,9 +98,10 @@ class Simulation:
         self.echo = echo or (lambda line: None)
         fed = cfg.federation
         self.hp = TrainHyper.model_validate(fed.train)
-        self.server_rule = federated_rule(fed.rule, fed.rule_params, fed.server_optimizer)
-        if not isinstance(self.server_rule, Rule):
+        server_rule = federated_rule(fed.rule, fed.rule_params, fed.server_optimizer)
+        if not isinstance(server_rule, Rule):
             raise SimulationError(f"rule {fed.rule!r} needs individual updates; the simulation runs sums-only rules")
+        self.server_rule: Rule = server_rule
         self.rng = np.random.default_rng(fed.seed)
         self.ids = Identities([s.name for s in sites]) if fed.secure else None
         self.shapes = sites[0].trainer.target_names()
@@ -131,7 +132,7 @@ class Simulation:
         updates: dict[str, tuple[LocalUpdate, int]] = {}
         before, after = [], []
         for site in cohort:
-            rule = federated_rule(self.cfg.federation.rule, self.cfg.federation.rule_params)
+            rule = _sums_only(federated_rule(self.cfg.federation.rule, self.cfg.federation.rule_params))
             plan = rule.start(received, ctx, site.name, self.cfg.model.alpha, state=site.state)
             result = site.trainer.train(plan, site.data, self.hp, progress=False)
             updates[site.name] = (result.update, result.n_samples)
@@ -146,7 +147,7 @@ class Simulation:
     def _phases(self, cohort: list[Site], ctx: RoundContext, glob: Aggregate | None,
                 updates: dict[str, tuple[LocalUpdate, int]]) -> tuple[Aggregate, int]:
         fed = self.cfg.federation
-        client = {s.name: federated_rule(fed.rule, fed.rule_params) for s in cohort}
+        client: dict[str, Rule] = {s.name: _sums_only(federated_rule(fed.rule, fed.rule_params)) for s in cohort}
         states = {s.name: s.state for s in cohort}
         weight_scale = float(sum(n for _, n in updates.values()))
         sent: Broadcast | None = None  # as the server produced it
@@ -179,6 +180,12 @@ class Simulation:
             return list(self.sites)
         chosen = sorted(int(i) for i in self.rng.choice(len(self.sites), size=size, replace=False))
         return [self.sites[i] for i in chosen]
+
+
+def _sums_only(rule: Any) -> Rule:
+    if not isinstance(rule, Rule):
+        raise SimulationError(f"rule {rule.name!r} needs individual updates; the simulation runs sums-only rules")
+    return rule
 
 
 def _line(r: RoundRecord) -> str:

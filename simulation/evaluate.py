@@ -31,7 +31,7 @@ class Evaluator:
         """Load the base once (the seeded head, as every site has it)."""
         self.task = task
         self.model, self.tokenizer = load_base(model_dir, task, device="cpu", num_labels=num_labels, head_seed=head_seed)
-        self.model.eval()
+        torch.nn.Module.eval(self.model)
         self.batch_size = batch_size
         self._originals: dict[str, torch.Tensor] = {}
 

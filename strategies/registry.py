@@ -67,7 +67,7 @@ def federated_rule(
         if server_optimizer:
             raise ValueError(f"rule {name!r} combines individual updates; server optimizers wrap sums-only rules")
         return rule
-    wrapped: Rule = SavedModules(rule)  # type: ignore[arg-type]
+    wrapped: Rule = SavedModules(rule)
     if server_optimizer:
         wrapped = ServerOpt(wrapped, ServerOptParams.from_mapping(server_optimizer))
     return wrapped
