@@ -72,3 +72,22 @@ def test_a_site_cannot_smuggle_other_dense_tensors_as_saved() -> None:
     with pytest.raises(InvalidRequest):
         collector.add("site-a", payload)
     assert collector.sums == {}  # state intact
+
+
+def test_saved_head_travels_in_the_global_and_the_published_folder(tmp_path) -> None:
+    from fedquilt.proto.codec import decode_aggregate, encode_aggregate
+    from fedquilt.strategies.adapters import load_peft, load_saved, save_peft
+    from fedquilt.strategies.base import Aggregate
+
+    ranks = {"a": 4}
+    adapter, _ = cohort(ranks, seed=4)["a"]
+    head = {"classifier.weight": torch.randn(3, 16), "classifier.bias": torch.randn(3)}
+    back = decode_aggregate(encode_aggregate(Aggregate(adapter=adapter, saved=head)))
+    assert sorted(back.saved) == sorted(head) and all(torch.equal(back.saved[k], head[k]) for k in head)
+    save_peft(adapter, tmp_path, "base", "seq-cls", saved=head)
+    import json
+
+    assert json.loads((tmp_path / "adapter_config.json").read_text())["modules_to_save"] == ["classifier"]
+    loaded = load_saved(tmp_path)
+    assert sorted(loaded) == sorted(head) and all(torch.equal(loaded[k], head[k]) for k in head)
+    assert sorted(load_peft(tmp_path)) == sorted(adapter)  # the LoRA part is read as before
