@@ -174,6 +174,8 @@ def main(argv: list[str] | None = None) -> int:
         ap.add_argument(f"--{name.replace('_', '-')}", type=int, dest=name)
     ap.add_argument("--lr", type=float)
     ap.add_argument("--tag", help="name of this run's result files (default: the preset)")
+    ap.add_argument("--baselines-from", type=Path,
+                    help="reuse the baselines of an earlier results JSON with the same settings (to split a grid over processes)")
     args = ap.parse_args(argv)
     from transformers.utils import logging as hf_logging
 
@@ -199,8 +201,11 @@ def main(argv: list[str] | None = None) -> int:
         for part_name in p["partitions"]:
             part = parse_partition(part_name)
             for seed in p["seeds"]:
-                b = baselines(p, task, part, seed, corpus, central)
-                base[f"{task}|{part_name}|{seed}"] = b
+                key = f"{task}|{part_name}|{seed}"
+                reused = json.loads(args.baselines_from.read_text())["baselines"] if args.baselines_from else {}
+                b = reused[key] if key in reused else baselines(p, task, part, seed, corpus, central)
+                base[key] = b
+                write_json(out_json, {"preset": tag, "params": p, "runs": runs, "baselines": base, "partial": True})
                 print(f"[{time.monotonic() - started:6.0f}s] {task} {part_name} seed {seed}: alone mean "
                       f"{b['alone_mean']:.3f} min {b['alone_min']:.3f}, centralized {b['central']:.3f}", flush=True)
                 for rule_name in p["rules"]:
