@@ -15,6 +15,8 @@ from .strategies.base import RoundContext
 
 def round_context(spec: RoundSpec, session: bytes | None = None) -> RoundContext:
     """The rule context of ``spec``'s round: its shapes, the cohort's ranks, its rule parameters, and as public
-    randomness ``session`` (a secure sum's session id) or else the round's nonce."""
+    randomness ``session`` (a secure sum's session id) or else the round's nonce, and the modules trained densely
+    beside the adapter (``modules_to_save``)."""
     return RoundContext(round=spec.round, shapes=spec.shapes, ranks=dict(spec.ranks),
-                        session=session or bytes.fromhex(spec.nonce), params=spec.params)
+                        session=session or bytes.fromhex(spec.nonce), params=spec.params,
+                        saved=tuple(spec.modules_to_save))

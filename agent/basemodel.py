@@ -125,6 +125,15 @@ def fingerprint(model_dir: Path) -> str:
     return h.hexdigest()
 
 
+def federation_fingerprint(model_dir: Path, task: Task, num_labels: int | None = None, head_seed: int = 0) -> str:
+    """What a site reports: the folder's fingerprint, for ``seq-cls`` mixed with the label count and head seed."""
+    if task != "seq-cls":
+        return fingerprint(model_dir)
+    from .head_init import config_num_labels, seq_cls_fingerprint
+
+    return seq_cls_fingerprint(fingerprint(model_dir), num_labels or config_num_labels(model_dir), head_seed)
+
+
 def check_fingerprint(model_dir: Path, expected: str) -> str:
     """Return the local fingerprint; raise ``FingerprintMismatch`` if it is not ``expected``."""
     actual = fingerprint(model_dir)
@@ -152,13 +161,14 @@ def target_shapes(model: torch.nn.Module, suffixes: Sequence[str]) -> dict[str, 
 def load_base(
     model_dir: Path, task: Task, device: str = "auto", dtype: torch.dtype | None = None,
     quantization: Quantization = Quantization.NONE,
+    num_labels: int | None = None, head_seed: int | None = None,
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Load the base model and its tokenizer from a local folder (never the network), in eval mode.
 
     ``device="auto"`` is CUDA when present (bfloat16 if supported), else the CPU in float32;
-    ``dtype`` overrides the load dtype. ``quantization`` loads the weights straight onto the GPU
-    in 4 bits (nf4, double quantization, bfloat16 compute: the QLoRA recipe) or 8 bits through
-    bitsandbytes; it needs CUDA and is refused on the CPU.
+    quantization: Quantization = Quantization.NONE, For ``seq-cls``, ``num_labels`` sets the head's size and
+    ``head_seed`` fills every parameter the checkpoint lacks (a new head) from that public seed
+    (``agent.head_init``), so every process holds the same head.
     """
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
@@ -168,8 +178,16 @@ def load_base(
         raise BaseModelError(f"{model_dir} is not a model folder (no config.json)")
     place = resolve(device, dtype)
     auto = AutoModelForCausalLM if task == "causal-lm" else AutoModelForSequenceClassification
-    extra = quantized_load_kwargs(Quantization(quantization), place.device)
-    model = auto.from_pretrained(str(model_dir), local_files_only=True, dtype=place.dtype, **extra)
+    extra: dict[str, Any] = dict(quantized_load_kwargs(Quantization(quantization), place.device))
+    if task == "seq-cls" and num_labels:
+        extra["num_labels"] = num_labels
+    loaded: Any = auto.from_pretrained(str(model_dir), local_files_only=True, dtype=place.dtype,
+                                       output_loading_info=True, **extra)
+    model, info = loaded
+    if task == "seq-cls" and head_seed is not None:  # issue 14: the new head is federated state
+        from .head_init import seed_missing
+
+        seed_missing(model, info.get("missing_keys", ()), head_seed)
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)
     if tokenizer.pad_token is None:
         # Batching needs a pad token; the EOS token is the usual stand-in for decoder models.

@@ -64,6 +64,9 @@ class ModelSection(_Strict):
     device: str = "auto"
     max_length: int = Field(128, ge=2)
     num_labels: int | None = None
+    # --- issue 14: a new seq-cls head is federated state ---
+    head_seed: int = Field(0, ge=0)
+    """Public seed of a new classification head (parameters the checkpoint lacks); part of the fingerprint."""
 
     # ---- site hardware (issue 16): quantized bases; several GPUs come from torchrun, not from here ----
     quantization: Quantization = Quantization.NONE

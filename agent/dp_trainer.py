@@ -56,9 +56,12 @@ class DPLoraTrainer(LoraTrainer):
         device: str = "auto",
         seed: int | None = None,
         quantization: Quantization = Quantization.NONE,
+        num_labels: int | None = None,
+        head_seed: int | None = None,
     ) -> None:
         """Load the base model as ``LoraTrainer`` does; train under ``privacy``'s settings."""
-        super().__init__(model_dir, task, target_modules, device=device, seed=seed, quantization=quantization)
+        super().__init__(model_dir, task, target_modules, device=device, seed=seed, quantization=quantization,
+                         num_labels=num_labels, head_seed=head_seed)
         self.privacy = privacy
         self._run: PrivateRun | None = None
         self._report: PrivacyReport | None = None

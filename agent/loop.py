@@ -29,7 +29,7 @@ from ..proto import codec
 from ..proto import federation_pb2 as pb
 from ..proto import tensors_pb2 as tpb
 from ..strategies.base import Broadcast, IndividualRule, LocalUpdate, RoundContext, Rule
-from ..strategies.registry import make_rule
+from ..strategies.registry import federated_rule
 from .privacy_ledger import BudgetExhausted
 from .round_watch import RoundWatch
 from .rule_state import RuleStateFile
@@ -143,7 +143,7 @@ class AgentLoop:
 
     def _train(self, task: pb.Task) -> None:
         spec = codec.decode_spec(task.spec_json)
-        rule = make_rule(spec.rule, spec.params)
+        rule = federated_rule(spec.rule, spec.params)  # issue 14: the round's modules_to_save travel with the rule
         ctx = round_context(spec)
         glob = self._global(spec.global_version)
         plan = rule.start(glob, ctx, self.site, self.alpha, state=self.rule_state)

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import threading
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,6 +53,7 @@ from .basemodel import load_base, target_shapes
 from .config import Quantization
 from .cumulative import CumulativeError, DenseOverlay, FrozenDelta
 from .device import resolve
+from .saved_training import read_saved, start_saved
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
@@ -62,6 +64,7 @@ _PEFT_PREFIX = "base_model.model."
 DEFAULT_EVAL_BATCHES = 1
 """Batches each evaluation reads by default: a fixed cost per round (two forward batches: before and after
 training, three with held-out data), whatever the dataset size."""
+_SEEDED_INIT = threading.Lock()
 
 
 class TrainerError(ValueError):
@@ -90,6 +93,10 @@ class TrainHyper(BaseModel):
     galore_scale: float = Field(default=0.25, gt=0, allow_inf_nan=False)
     eval_batches: int | None = Field(default=DEFAULT_EVAL_BATCHES, gt=0)
     """Batches read by each evaluation (``loss_before``, ``loss_after``, ``eval_loss``); ``None``: the whole dataset."""
+    # --- issue 14: FedProx ---
+    prox_mu: float = Field(default=0.0, ge=0, allow_inf_nan=False)
+    """FedProx's μ (Li et al. 2020): adds μ·(θ − θ_start) to every step's (clipped) gradient, i.e. the
+    proximal term μ/2·‖θ − θ_start‖² on the trainable parameters; 0 turns it off."""
 
     @model_validator(mode="after")
     def _one_length(self) -> TrainHyper:
@@ -141,6 +148,8 @@ class LoraTrainer:
         device: str = "auto",
         seed: int | None = None,
         quantization: Quantization = Quantization.NONE,
+        num_labels: int | None = None,
+        head_seed: int | None = None,
     ) -> None:
         self.task: Task = task
         self.placement = resolve(device)
@@ -148,7 +157,8 @@ class LoraTrainer:
         self.quantization = Quantization(quantization)
         """``none``, or the bitsandbytes precision the frozen base is held in (CUDA only)."""
         base, self.tokenizer = load_base(model_dir, task, device=str(self.placement.device),
-                                         dtype=self.placement.dtype, quantization=self.quantization)
+                                         dtype=self.placement.dtype, quantization=self.quantization,
+                                         num_labels=num_labels, head_seed=head_seed)
         self._base: PreTrainedModel = base
         """The one resident copy of the base, on the training device; rounds never copy it."""
         self._targets = target_shapes(base, target_modules)
@@ -157,6 +167,8 @@ class LoraTrainer:
         self.planned_steps = 0
         """Optimizer steps of the current ``fit``, set before ``_prepare`` (a DP wrapper needs it)."""
         self.eval_data: Dataset[Batch] | None = None
+        self._prox_anchor: list[torch.Tensor] = []
+        """FedProx's θ_start of the current ``fit`` (empty when μ = 0)."""
         """Held-out local data; when set, every round reports the received model's loss on it."""
         self._peft_model: Any = None
         self._hooks = FrozenDelta()
@@ -204,6 +216,7 @@ class LoraTrainer:
             modules = dict(model.named_modules())
             for name in self._targets:
                 _weight(modules[name], "weight", name).requires_grad_(True)  # float32 masters (DenseOverlay)
+            start_saved(model, plan)  # issue 14: dense modules_to_save (no-op without them)
             return model
         try:
             return self._peft(model, plan)
@@ -222,8 +235,11 @@ class LoraTrainer:
             target_modules=sorted(self._targets),
             lora_dropout=0.0,
             bias="none",
+            modules_to_save=list(plan.modules_to_save) or None,  # issue 14: e.g. a seq-cls head
         )
-        with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
+        # The lock: torch's CPU generator is process-wide, so agents in threads of one process (the e2e tests)
+        # would otherwise draw each other's seeded LoRA init (issue 14 found it reproducing a wire round).
+        with _SEEDED_INIT, torch.random.fork_rng(devices=[]), warnings.catch_warnings():
             # PEFT still calls a transformers method deprecated in v5; not ours to act on.
             warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
             if self._seed is not None:
@@ -240,6 +256,8 @@ class LoraTrainer:
         for name, layer in layers.items():
             _weight(layer, "lora_A", name).requires_grad_(plan.train_a)
             _weight(layer, "lora_B", name).requires_grad_(plan.train_b)
+        if plan.modules_to_save:
+            start_saved(peft_model, plan)
         return peft_model
 
     def train(self, plan: TrainingPlan, data: Dataset[Batch], hp: TrainHyper, progress: bool = True) -> TrainResult:
@@ -258,6 +276,7 @@ class LoraTrainer:
         loss_before = self.evaluate(model, data, hp)
         eval_loss = self.evaluate(model, self.eval_data, hp) if self.eval_data is not None else math.nan
         params = [p for p in model.parameters() if p.requires_grad]
+        self._prox_anchor = [p.detach().clone() for p in params] if hp.prox_mu > 0 else []
         optimizer = _optimizer(params, hp)
         loader = self._loader(data, hp.batch_size, shuffle=True)
         steps = hp.local_steps if hp.local_steps is not None else (hp.epochs or 1) * len(loader)
@@ -267,9 +286,10 @@ class LoraTrainer:
         loss_after = self.evaluate(model, data, hp)
         if plan.dense:
             after = self._dense_snapshot(model)
-            update = LocalUpdate(dense={name: after[name] - before[name] for name in self._targets})
+            update = LocalUpdate(dense={name: after[name] - before[name] for name in self._targets},
+                                 saved=read_saved(model, plan))
         else:
-            update = LocalUpdate(adapter=self._read_factors(model, plan.scaling))
+            update = LocalUpdate(adapter=self._read_factors(model, plan.scaling), saved=read_saved(model, plan))
         return TrainResult(update, n, losses, loss_before, loss_after, eval_loss)
 
     def _loop(
@@ -292,6 +312,7 @@ class LoraTrainer:
                     loss = self._step_loss(model, batch)
                 loss.backward()  # type: ignore[no-untyped-call, unused-ignore]
                 self._clip_gradients(params, hp)
+                _proximal(params, self._prox_anchor, hp.prox_mu)
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
                 losses.append(float(loss.detach()))
@@ -346,6 +367,8 @@ class LoraTrainer:
         generator = None
         if shuffle and self._seed is not None:
             generator = torch.Generator().manual_seed(self._seed * 1_000_003 + self._rounds)
+        elif not shuffle:  # a loader iterator without a generator draws its base seed from the process-wide RNG
+            generator = torch.Generator().manual_seed(0)
         collate: Any = getattr(data, "collate", None)
         return DataLoader(data, batch_size=batch_size, shuffle=shuffle, collate_fn=collate, generator=generator)
 
@@ -436,6 +459,16 @@ def _galore(params: list[torch.nn.Parameter], hp: TrainHyper) -> torch.optim.Opt
                    "scale": hp.galore_scale, "proj_type": "std"})
     optimizer: torch.optim.Optimizer = GaLoreAdamW(groups, lr=hp.lr, weight_decay=hp.weight_decay)
     return optimizer
+
+
+def _proximal(params: list[torch.nn.Parameter], anchor: list[torch.Tensor], mu: float) -> None:
+    """FedProx: add μ·(θ − θ_start), the gradient of μ/2·‖θ − θ_start‖², to every trainable parameter."""
+    if mu <= 0:
+        return
+    with torch.no_grad():
+        for p, p0 in zip(params, anchor):
+            if p.grad is not None:
+                p.grad.add_(p.detach() - p0, alpha=mu)
 
 
 def _cycle(loader: DataLoader[Batch]) -> Iterator[Batch]:

@@ -39,6 +39,7 @@ def register(sub: Any) -> None:
 
 def build_loop(config_path: Path, progress: bool = True) -> Any:
     """Everything an agent needs, built from its configuration file."""
+    from ..agent.basemodel import federation_fingerprint
     from ..agent.config import load_agent_config
     from ..agent.trainer import LoraTrainer
 
@@ -54,10 +55,12 @@ def build_loop(config_path: Path, progress: bool = True) -> Any:
 
         privacy = PrivacySite.from_config(cfg.dp, cfg.state_dir / "privacy.json")
         trainer = DPLoraTrainer(cfg.model.dir, cfg.model.task, cfg.model.target_modules, privacy,
-                                device=cfg.model.device, seed=cfg.seed, quantization=cfg.model.quantization)
+                                device=cfg.model.device, seed=cfg.seed, quantization=cfg.model.quantization,
+                                num_labels=cfg.model.num_labels, head_seed=cfg.model.head_seed)
     else:
         trainer = LoraTrainer(cfg.model.dir, cfg.model.task, cfg.model.target_modules, device=cfg.model.device,
-                              seed=cfg.seed, quantization=cfg.model.quantization)
+                              seed=cfg.seed, quantization=cfg.model.quantization, num_labels=cfg.model.num_labels,
+                              head_seed=cfg.model.head_seed)
     data, eval_data = _local_data(cfg, trainer)
     return _agent_loop(cfg, trainer, data, eval_data, privacy, progress)
 
@@ -92,7 +95,8 @@ def _agent_loop(cfg: Any, trainer: Any, data: Any, eval_data: Any, privacy: Any,
 
     transport = Transport(chan, max_backoff=cfg.coordinator.max_backoff, diagnose=_diagnose,
                           max_failed_handshakes=cfg.coordinator.max_failed_handshakes)
-    hello = hello_request(trainer, fingerprint(cfg.model.dir), data.n, cfg.model.rank, cfg.model.alpha, cfg.model.task,
+    fp = federation_fingerprint(cfg.model.dir, cfg.model.task, cfg.model.num_labels, cfg.model.head_seed)
+    hello = hello_request(trainer, fp, data.n, cfg.model.rank, cfg.model.alpha, cfg.model.task,
                           __version__)
     from ..agent.secure_sum import SecureSumClient
     from ..secure_agg import ClientPolicy

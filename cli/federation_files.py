@@ -12,7 +12,7 @@ from typing import Any
 
 import tomli_w
 
-from ..agent.basemodel import fingerprint
+from ..agent.basemodel import federation_fingerprint
 from ..coordinator.pki import Role, init_ca, issue
 from .workspace import Workspace
 
@@ -50,6 +50,9 @@ def write_federation(
     model: str = "demo-adapter",
     keep_submissions: bool = False,
     secagg_options: dict[str, Any] | None = None,
+    target_modules: list[str] | None = None,
+    modules_to_save: list[str] | None = None,
+    server_optimizer: dict[str, Any] | None = None,
 ) -> FederationFiles:
     """Create the CA, certificates and TOML configs for one coordinator and ``len(ws.sites)`` agents."""
     ca_dir = root / "ca"
@@ -63,13 +66,18 @@ def write_federation(
         "tls": {"ca": str(coord.ca), "cert": str(coord.cert), "key": str(coord.key), "crl": str(ca_dir / "crl.pem")},
         "server": {"listen": listen, "metrics_listen": "127.0.0.1:0", "long_poll_seconds": 2.0},
         "federation": {
-            "name": "demo", "model": model, "base_fingerprint": fingerprint(ws.model_dir), "task": ws.task,
+            "name": "demo", "model": model, "task": ws.task,
+            "base_fingerprint": federation_fingerprint(ws.model_dir, ws.task, ws.num_labels or None),
             "rule": rule, "rule_params": rule_params or {}, "rounds": rounds,
             # Under secagg a round opens only with as many sites as the sites' default [privacy] floor (3) asks.
             "min_sites": min_sites if min_sites is not None else (min(n, 3) if secagg else max(1, min(2, n))),
             **({"min_contributors": min_contributors} if min_contributors is not None else {}),
             "train": train or {"local_steps": 12, "batch_size": 8, "lr": 3e-3},
             "train_timeout": timeouts[0], "stage_timeout": timeouts[1], "wait_for_sites": 30.0, "seed": 0,
+            # issue 14: a seq-cls head is federated state, trained and averaged densely (not a LoRA target)
+            **({"modules_to_save": modules_to_save if modules_to_save is not None else ["score"]}
+               if ws.task == "seq-cls" else {}),
+            **({"server_optimizer": server_optimizer} if server_optimizer else {}),
         },
         "secagg": {"enabled": secagg, **(secagg_options or {})},
     }
@@ -86,8 +94,9 @@ def write_federation(
             "tls": {"ca": str(paths.ca), "cert": str(paths.cert), "key": str(paths.key)},
             "model": {"dir": str(ws.model_dir), "task": ws.task, "rank": (ranks or [4] * n)[i], "alpha": alpha,
                       "device": "cpu", "max_length": 64,
-                      **({"num_labels": ws.num_labels, "target_modules": ["q_proj", "v_proj", "score"]}
-                         if ws.task == "seq-cls" else {})},
+                      **({"num_labels": ws.num_labels, "target_modules": ["q_proj", "v_proj"]}
+                         if ws.task == "seq-cls" else {}),
+                      **({"target_modules": target_modules} if target_modules else {})},
             "data": {"train": str(site.train), "eval": str(site.eval)},
         }
         if dp is not None:

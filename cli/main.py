@@ -10,7 +10,7 @@ from typing import Sequence
 
 # Subcommand modules, each exposing ``register(subparsers) -> None`` that sets ``func`` on its parser.
 _COMMANDS = ("certs", "coordinator", "agent", "pull", "merge", "demo", "admin", "fingerprint",
-             "versions", "status")
+             "versions", "status", "simulate")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -7,13 +7,14 @@ vectors are kept only for rules that need them (plaintext ``stack``), never unde
 from __future__ import annotations
 
 import hashlib
-from typing import Iterable, Mapping
+from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 
 from ..proto.codec import decode_tensors
 from ..strategies.cohort_metrics import is_metric
 from ..strategies.base import N_KEY
+from ..strategies.saved_modules import is_saved_key, matches, module_of
 from .errors import Duplicate, InvalidRequest
 from .steps import SiteId
 
@@ -22,11 +23,12 @@ class PlainCollector:
     """Collects float32 uploads for one phase from a fixed set of participants."""
 
     def __init__(self, participants: set[SiteId], keep_individual: bool, modules: Iterable[str] = (),
-                 weights: Mapping[str, int] | None = None) -> None:
+                 weights: Mapping[str, int] | None = None, saved: Iterable[str] = ()) -> None:
         self.participants = set(participants)
         self.weights = dict(weights or {})
         """The count each site was assigned; its submitted ``N_KEY`` must equal it (empty: unchecked)."""
         self.modules = frozenset(modules)
+        self.saved = tuple(saved)
         self.keep_individual = keep_individual
         self.received: dict[SiteId, str] = {}
         self.sums: dict[str, np.ndarray] = {}
@@ -58,7 +60,7 @@ class PlainCollector:
         if not tensors:
             raise InvalidRequest(f"{site} uploaded no tensors")
         layout = {k: tuple(v.shape) for k, v in tensors.items()}
-        check_names(site, layout, self.modules)
+        check_names(site, layout, self.modules, self.saved)
         for name, value in tensors.items():
             if value.dtype not in (np.float32, np.float64):
                 raise InvalidRequest(f"{name}: expected float32 or float64, got {value.dtype}")
@@ -90,12 +92,20 @@ class PlainCollector:
         return self.sums
 
 
-def check_names(site: str, layout: Mapping[str, tuple[int, ...]], modules: frozenset[str]) -> None:
-    """Every submitted vector is ``N_KEY`` or ``<target module>/<what>`` for a module of this round."""
+def check_names(site: str, layout: Mapping[str, tuple[int, ...]], modules: frozenset[str],
+                saved: Sequence[str] = ()) -> None:
+    """Every submitted vector is ``N_KEY``, ``<target module>/<what>`` for a module of this round, or
+    ``<module>.<param>/saved`` for a module of the round's ``modules_to_save``."""
     if not modules:
         return
     if N_KEY not in layout:
         raise InvalidRequest(f"{site} submitted no sample count ({N_KEY!r})")
-    bad = sorted(k for k in layout if k != N_KEY and not is_metric(k) and k.rsplit("/", 1)[0] not in modules)
+
+    def allowed(k: str) -> bool:
+        if k == N_KEY or is_metric(k) or k.rsplit("/", 1)[0] in modules:
+            return True
+        return bool(saved) and is_saved_key(k) and matches(module_of(k.rsplit("/", 1)[0]), saved)
+
+    bad = sorted(k for k in layout if not allowed(k))
     if bad:
         raise InvalidRequest(f"{site} submitted vectors for modules this round does not train: {bad[:3]}")

@@ -111,6 +111,19 @@ class FederationConfig(_Strict):
     """How long a round waits for the cohort it asks for (``cohort_size`` online sites; without it, after a restart,
     every site known from before) before it opens with who is there (at least ``min_sites``), naming who is missing."""
     seed: int | None = None
+    # --- issue 14: dense federated modules and server optimizers ---
+    modules_to_save: list[str] = Field(default_factory=list)
+    """Modules every site trains densely and the federation averages (PEFT ``modules_to_save``), e.g.
+    ``["classifier"]`` or ``["score"]`` for a seq-cls head; published with the adapter."""
+    server_optimizer: dict[str, Any] | None = None
+    """``{name = "fedavgm" | "fedadam" | "fedyogi", lr, momentum, beta1, beta2, tau}`` (strategies/server_opt.py)."""
+
+    @model_validator(mode="after")
+    def _seq_cls_head(self) -> FederationConfig:
+        # issue 14: a seq-cls head is federated (trained and averaged densely) unless the operator names others.
+        if self.task == "seq-cls" and not self.modules_to_save:
+            object.__setattr__(self, "modules_to_save", ["classifier", "score"])
+        return self
 
     # ---- cohort sampling and liveness (issue 15: rounds that stay steady as cohorts grow) ----
     over_select: float = Field(0.0, ge=0, le=1)

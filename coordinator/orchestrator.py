@@ -453,6 +453,7 @@ class Orchestrator:
             nonce=nonce, global_version=self.global_version,
             secagg=self._secagg_spec(cohort) if self.secure else None,
             weights={s: self._weight(s) for s in sorted(cohort)},
+            modules_to_save=list(self.fed.modules_to_save),
         )
         rnd = RoundRecord(number=number, spec=spec, cohort=cohort, participants=set(cohort), stage=RoundStage.TRAINING,
                           deadline=now + self.fed.train_timeout, started=now, needed=needed,
@@ -550,7 +551,8 @@ class Orchestrator:
                 self._assign(site, kind, rnd, spec_json=spec_json, payload=payload)
         else:
             rnd.collector = PlainCollector(rnd.participants, keep_individual=isinstance(self.rule, IndividualRule),
-                                           modules=rnd.spec.shapes, weights=rnd.spec.weights)
+                                           modules=rnd.spec.shapes, weights=rnd.spec.weights,
+                                           saved=rnd.spec.modules_to_save)
             for site in rnd.participants:
                 self._assign(site, Step.UPLOAD_PLAIN, rnd, spec_json=spec_json)
 

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
+
+import torch
 
 from ..strategies.adapters import Task, save_peft
 from ..strategies.base import Aggregate
@@ -22,10 +24,12 @@ def publishable_adapter(agg: Aggregate) -> tuple[Adapter, dict[str, float]]:
     return adapter, energy
 
 
-def adapter_files(adapter: Adapter, base_model: str, task: Task) -> dict[str, bytes]:
-    """The two files of a PEFT adapter folder, as bytes."""
+def adapter_files(
+    adapter: Adapter, base_model: str, task: Task, saved: Mapping[str, torch.Tensor] | None = None
+) -> dict[str, bytes]:
+    """The two files of a PEFT adapter folder, as bytes (``saved``: dense ``modules_to_save`` parameters)."""
     with tempfile.TemporaryDirectory() as tmp:
-        save_peft(adapter, Path(tmp), base_model=base_model, task=task)
+        save_peft(adapter, Path(tmp), base_model=base_model, task=task, saved=saved)
         return {p.name: p.read_bytes() for p in sorted(Path(tmp).iterdir())}
 
 
@@ -46,7 +50,8 @@ def publish(
 ) -> str:
     """Write one version (adapter + signed manifest) atomically; returns its name."""
     adapter, _ = publishable_adapter(agg)
-    files = adapter_files(adapter, base_model=f"fedquilt:{facts.get('base_fingerprint', '')[:16]}", task=task)
+    files = adapter_files(adapter, base_model=f"fedquilt:{facts.get('base_fingerprint', '')[:16]}", task=task,
+                          saved=agg.saved)
     info = dict(agg.info)
     manifest = manifests.build(files, model=model, round=round_number, **facts, aggregate=info)
     version = version_name(round_number)

@@ -45,14 +45,16 @@ _REPLY_KIND = {Step.SECAGG_ADVERTISE: "KeyAdvertisement", Step.SECAGG_SHARE: "En
 class SecureSum:
     """Collects one phase through a ``secure_agg.ServerSession``."""
 
-    def __init__(self, participants: set[SiteId], *, modules: Iterable[str] = (), clip: float, min_frac_bits: int, threshold: int | None,
-                 ca_pem: bytes, mask_context: bytes, stage_timeout: float, now: float, min_contributors: int = 2) -> None:
+    def __init__(self, participants: set[SiteId], *, modules: Iterable[str] = (), saved: Iterable[str] = (), clip: float,
+                 min_frac_bits: int, threshold: int | None, ca_pem: bytes, mask_context: bytes, stage_timeout: float,
+                 now: float, min_contributors: int = 2) -> None:
         self.participants = set(participants)
         self.min_contributors = max(2, int(min_contributors))
         """No sum is announced over fewer sites, and the threshold is never below it."""
         self.refusals: dict[SiteId, str] = {}
         """Sites that declined a stage under their own privacy policy, and why."""
         self.modules = frozenset(modules)
+        self.saved = tuple(saved)
         self.clip, self.min_frac_bits, self.threshold = clip, min_frac_bits, threshold
         self.ca_pem, self.mask_context = ca_pem, mask_context
         self.stage_timeout = stage_timeout
@@ -85,7 +87,7 @@ class SecureSum:
             layout = codec.decode_layout(payload)
             if not layout or any(math.prod(shape) == 0 for _, shape in layout):
                 raise InvalidRequest(f"{site} declared an empty layout or an empty tensor")
-            check_names(site, dict(layout), self.modules)
+            check_names(site, dict(layout), self.modules, self.saved)
             self.layouts[site] = layout
             self.heard.add(site)
         else:
@@ -237,8 +239,8 @@ def make_factory(cfg: CoordinatorConfig) -> Callable[..., SecureSum]:
         broadcast = rnd.broadcasts.get(phase, b"")
         context = hashlib.sha256(broadcast).digest() if phase > 0 else b""
         min_bits = int(rnd.spec.params.get("min_frac_bits", cfg.secagg.min_frac_bits))
-        return SecureSum(rnd.participants, modules=rnd.spec.shapes, clip=cfg.secagg.clip, min_frac_bits=min_bits, threshold=cfg.secagg.threshold,
-                         ca_pem=ca_pem, mask_context=context, stage_timeout=cfg.federation.stage_timeout, now=now,
-                         min_contributors=secure_sum_floor(cfg))
+        return SecureSum(rnd.participants, modules=rnd.spec.shapes, saved=rnd.spec.modules_to_save, clip=cfg.secagg.clip,
+                         min_frac_bits=min_bits, threshold=cfg.secagg.threshold, ca_pem=ca_pem, mask_context=context,
+                         stage_timeout=cfg.federation.stage_timeout, now=now, min_contributors=secure_sum_floor(cfg))
 
     return factory

@@ -10,10 +10,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..strategies.adapters import load_peft
+from ..strategies.adapters import load_peft, load_saved
 from ..strategies.base import Aggregate, IndividualRule
 from ..strategies.lora import dense_of
-from ..strategies.registry import make_rule
+from ..strategies.registry import federated_rule
 from .config import CoordinatorConfig
 from .identity import Authorizer, RevocationList
 from .lock import StateDirLock
@@ -47,8 +47,9 @@ def load_global(store: FileModelStore, model: str, dense: bool) -> tuple[Aggrega
         for name in manifest["files"]:
             (Path(tmp) / name).write_bytes(store.read(model, version, name))
         adapter = load_peft(Path(tmp))
-    agg = Aggregate(dense={k: v.to(dtype=adapter[k].A.dtype) for k, v in dense_of(adapter).items()}) if dense \
-        else Aggregate(adapter=adapter)
+        saved = load_saved(Path(tmp)) or None  # issue 14: the federated head comes back too
+    agg = Aggregate(dense={k: v.to(dtype=adapter[k].A.dtype) for k, v in dense_of(adapter).items()}, saved=saved) \
+        if dense else Aggregate(adapter=adapter, saved=saved)
     return agg, version, int(manifest["round"])
 
 
@@ -93,7 +94,7 @@ def start(cfg: CoordinatorConfig, metrics: Metrics | None = None, tick_seconds: 
     """Build everything from the configuration and start serving (non-blocking)."""
     fed = cfg.federation
     metrics = metrics or Metrics()
-    rule = make_rule(fed.rule, fed.rule_params)
+    rule = federated_rule(fed.rule, fed.rule_params, fed.server_optimizer)  # issue 14: saved modules, server opt
     _check_rule(cfg, rule)
     if not cfg.secagg.enabled:
         log.warning("secure aggregation is DISABLED: the coordinator sees every site's individual update")

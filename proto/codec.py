@@ -47,6 +47,8 @@ class RoundSpec(BaseModel):
     """Secure-aggregation parameters, or None for plaintext aggregation."""
     weights: dict[str, int] = Field(default_factory=dict)
     """The count n each site weights its submission by (the federation's weighting, capped); empty: its own."""
+    modules_to_save: list[str] = Field(default_factory=list)
+    """Modules trained and averaged densely next to the adapter (e.g. a seq-cls head; issue 14)."""
 
 
 def encode_spec(spec: RoundSpec) -> str:
@@ -247,6 +249,8 @@ def encode_aggregate(agg: Any) -> bytes:
         out[f"{name}|s"] = np.array([f.scaling], np.float64)
     for name, d in (agg.dense or {}).items():
         out[f"{name}|dense"] = d.detach().cpu().numpy().astype(np.float32)
+    for name, t in (getattr(agg, "saved", None) or {}).items():
+        out[f"{name}|saved"] = t.detach().cpu().numpy().astype(np.float32)
     return encode_tensors(out)
 
 
@@ -260,7 +264,7 @@ def decode_aggregate(data: bytes) -> Any:
     tensors = decode_tensors(data)
     if not tensors:
         return None
-    adapter, dense = {}, {}
+    adapter, dense, saved = {}, {}, {}
     for key in tensors:
         name, _, part = key.rpartition("|")
         if part == "A":
@@ -274,9 +278,11 @@ def decode_aggregate(data: bytes) -> Any:
                 raise CodecError(f"malformed global adapter entry {name!r}: {exc}") from None
         elif part == "dense":
             dense[name] = torch.from_numpy(tensors[key].copy())
+        elif part == "saved":
+            saved[name] = torch.from_numpy(tensors[key].copy())
         elif part not in ("B", "s"):
             raise CodecError(f"unknown global tensor {key!r}")
-    return Aggregate(adapter=adapter or None, dense=dense or None)
+    return Aggregate(adapter=adapter or None, dense=dense or None, saved=saved or None)
 
 
 # --- secure aggregation messages -----------------------------------------------------------------

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections import Counter
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Mapping
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -31,8 +31,14 @@ def peft_state_dict(adapter: Adapter) -> dict[str, torch.Tensor]:
     return out
 
 
-def save_peft(adapter: Adapter, out_dir: Path, base_model: str, task: Task) -> None:
-    """Write ``adapter_config.json`` + ``adapter_model.safetensors`` that stock PEFT loads."""
+def save_peft(
+    adapter: Adapter, out_dir: Path, base_model: str, task: Task, saved: Mapping[str, torch.Tensor] | None = None
+) -> None:
+    """Write ``adapter_config.json`` + ``adapter_model.safetensors`` that stock PEFT loads.
+
+    ``saved`` (``<module>.<param>`` -> tensor) are densely trained modules, written as PEFT's
+    ``modules_to_save`` so ``PeftModel.from_pretrained`` replaces those modules with them.
+    """
     from peft import LoraConfig  # heavy import, only where needed
 
     if not adapter:
@@ -52,9 +58,28 @@ def save_peft(adapter: Adapter, out_dir: Path, base_model: str, task: Task) -> N
         bias="none",
         task_type="CAUSAL_LM" if task == "causal-lm" else None,
         base_model_name_or_path=base_model,
+        modules_to_save=sorted({p.rsplit(".", 1)[0] for p in saved}) if saved else None,
     )
     config.save_pretrained(str(out_dir))
-    save_file(peft_state_dict(adapter), str(out_dir / _WEIGHTS), metadata={"format": "pt"})
+    tensors = peft_state_dict(adapter)
+    for param, value in sorted((saved or {}).items()):
+        tensors[f"{_PREFIX}{param}"] = value.detach().to(torch.float32).contiguous().cpu()
+    save_file(tensors, str(out_dir / _WEIGHTS), metadata={"format": "pt"})
+
+
+def load_saved(folder: Path) -> dict[str, torch.Tensor]:
+    """The ``modules_to_save`` parameters of a PEFT folder (``<module>.<param>`` -> tensor; empty if none)."""
+    import json
+
+    config = json.loads((folder / "adapter_config.json").read_text())
+    modules = config.get("modules_to_save") or []
+    tensors = load_file(str(folder / _WEIGHTS))
+    out: dict[str, torch.Tensor] = {}
+    for key, value in tensors.items():
+        param = key[len(_PREFIX):]
+        if ".lora_" not in key and param.rsplit(".", 1)[0] in modules:
+            out[param] = value
+    return out
 
 
 def load_peft(folder: Path) -> Adapter:

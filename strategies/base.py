@@ -47,6 +47,9 @@ class RoundContext:
     """Public per-phase randomness both sides agree on (the secure-sum session id under SecAgg)."""
     params: Mapping[str, Any] = field(default_factory=dict)
     """Rule parameters from the coordinator's configuration (e.g. ``lam``, ``oversampling``)."""
+    # --- issue 14: modules the federation trains densely (``modules_to_save``, e.g. a seq-cls head) ---
+    saved: tuple[str, ...] = ()
+    """Module names (suffixes, as PEFT's ``modules_to_save``) trained and averaged densely (``saved_modules``)."""
 
     @property
     def max_rank(self) -> int:
@@ -77,6 +80,11 @@ class TrainingPlan:
     """Train the full target matrices instead of LoRA factors."""
     merge_dense: DenseUpdate | None = None
     """Dense update merged into the base before training (the ``dense`` rule's global)."""
+    # --- issue 14: dense "modules_to_save" (a classification head) ---
+    modules_to_save: tuple[str, ...] = ()
+    """Modules trained densely next to the LoRA factors (PEFT's ``modules_to_save``)."""
+    saved_init: Mapping[str, torch.Tensor] | None = None
+    """Start values of those modules' parameters (``<module>.<param>`` -> tensor); ``None``: the base's own."""
 
 
 @dataclass(frozen=True)
@@ -85,6 +93,8 @@ class LocalUpdate:
 
     adapter: Adapter | None = None
     dense: DenseUpdate | None = None
+    saved: Mapping[str, torch.Tensor] | None = None
+    """Trained values of the dense ``modules_to_save`` parameters (``<module>.<param>`` -> tensor)."""
 
 
 @dataclass(frozen=True)
@@ -101,6 +111,8 @@ class Aggregate:
     adapter: Adapter | None = None
     dense: DenseUpdate | None = None
     info: Mapping[str, Any] = field(default_factory=dict)
+    saved: Mapping[str, torch.Tensor] | None = None
+    """Federated values of the dense ``modules_to_save`` parameters (published as PEFT ``modules_to_save``)."""
 
 
 Vectors = dict[str, np.ndarray]

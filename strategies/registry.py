@@ -49,3 +49,25 @@ def make_rule(name: str, params: Mapping[str, Any] | None = None) -> Rule | Indi
         raise ValueError(f"unknown rule {name!r}; known rules: {sorted(RULES)}")
     rule: Rule | IndividualRule = RULES[name](build_params(PARAMS[name], params or {}, name))
     return rule
+
+
+# --- issue 14: the rule as a federation runs it (dense modules_to_save, optional server optimizer) ---
+
+
+def federated_rule(
+    name: str, params: Mapping[str, Any] | None = None, server_optimizer: Mapping[str, Any] | None = None
+) -> Rule | IndividualRule:
+    """``make_rule`` wrapped for a federation: ``modules_to_save`` averaged densely (``SavedModules``) and,
+    when ``server_optimizer`` is given (``{"name": "fedadam", ...}``), a server optimizer on the aggregate."""
+    from .saved_modules import SavedModules
+    from .server_opt import ServerOpt, ServerOptParams
+
+    rule = make_rule(name, params)
+    if isinstance(rule, IndividualRule) and not isinstance(rule, Rule):
+        if server_optimizer:
+            raise ValueError(f"rule {name!r} combines individual updates; server optimizers wrap sums-only rules")
+        return rule
+    wrapped: Rule = SavedModules(rule)
+    if server_optimizer:
+        wrapped = ServerOpt(wrapped, ServerOptParams.from_mapping(server_optimizer))
+    return wrapped
