@@ -95,8 +95,10 @@ class PrivacySection(_Strict):
     """The announced SecAgg threshold must be above this fraction of the cohort (an honest majority at least)."""
     min_dp_batch_size: int = Field(8, ge=1)
     """With DP on: smallest training batch size accepted from the coordinator."""
-    min_dp_eval_batches: int = Field(4, ge=1)
-    """With DP on: fewest evaluation batches accepted (the eval metric is summed securely, but still)."""
+    min_dp_eval_batches: int = Field(1, ge=1)
+    """With DP on: fewest evaluation batches accepted. Each holds ``batch_size`` (>= ``min_dp_batch_size``)
+    records, so the default already averages the securely summed eval loss over at least 8 records per site;
+    raise it to ask for more (the federation's default ``eval_batches`` is 1)."""
 
 
 class AgentConfig(_Strict):
