@@ -28,7 +28,8 @@ import torch.distributed as dist
 from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, Sampler, SequentialSampler
 
 from .config import Quantization
-from .trainer import Batch, LoraTrainer, Task, TrainerError, TrainHyper, loss_weight
+from ..contract import TrainHyper
+from .trainer import Batch, LoraTrainer, Task, TrainerError, loss_weight
 
 
 class ShardedBatches(Sampler[list[int]]):

@@ -32,9 +32,10 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import Dataset
 
+from ..contract import TrainHyper
 from ..strategies.base import TrainingPlan
 from .ddp_trainer import DDPLoraTrainer
-from .trainer import Batch, TrainHyper, TrainResult
+from .trainer import Batch, TrainResult
 
 log = logging.getLogger("fedquilt.agent")
 

@@ -29,12 +29,13 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from ..contract import TrainHyper
 from ..strategies.base import TrainingPlan
 from .config import Quantization
 from .privacy import PrivateRun
 from .privacy_ledger import PrivacyError
 from .privacy_session import PrivacyReport, PrivacySite
-from .trainer import Batch, LoraTrainer, Task, TrainerError, TrainHyper, TrainResult
+from .trainer import Batch, LoraTrainer, Task, TrainerError, TrainResult
 
 
 @dataclass

@@ -24,7 +24,8 @@ from typing import Any, Callable, Mapping
 import grpc
 import numpy as np
 
-from ..contract import round_context
+from .. import contract
+from ..contract import TrainHyper, round_context
 from ..proto import codec
 from ..proto import federation_pb2 as pb
 from ..proto import tensors_pb2 as tpb
@@ -33,7 +34,7 @@ from ..strategies.registry import federated_rule
 from .privacy_ledger import BudgetExhausted
 from .round_watch import RoundWatch
 from .rule_state import RuleStateFile
-from .trainer import TrainHyper, TrainingStopped, TrainResult, Trainer
+from .trainer import TrainingStopped, TrainResult, Trainer
 
 log = logging.getLogger("fedquilt.agent")
 
@@ -138,7 +139,7 @@ class AgentLoop:
 
     def _global(self, version: str | None) -> Any:
         if self._global_cache[0] != version:
-            self._global_cache = (version, codec.decode_aggregate(self.transport.download(pb.DownloadRequest.GLOBAL)))
+            self._global_cache = (version, contract.decode_aggregate(self.transport.download(pb.DownloadRequest.GLOBAL)))
         return self._global_cache[1]
 
     def _train(self, task: pb.Task) -> None:

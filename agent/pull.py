@@ -10,7 +10,7 @@ from typing import Any
 import grpc
 
 from ..proto import federation_pb2 as pb
-from ..proto import manifest as manifests
+from .. import manifest as manifests
 from ..proto import federation_pb2_grpc as pb_grpc
 from .pull_folder import check_target, write_folder
 

@@ -31,7 +31,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Mapping
 
-from ..coordinator.atomic_file import atomic_write
+from ..atomic_file import atomic_write
 
 PULL_RECORD = "fedquilt-pull.json"
 """What ``fedquilt pull`` changed after verification (only with ``--base``)."""

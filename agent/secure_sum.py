@@ -28,6 +28,7 @@ import grpc
 import numpy as np
 from cryptography import x509
 
+from .. import secagg_wire
 from .. import secure_agg as sa
 from ..proto import codec
 from ..proto import federation_pb2 as pb
@@ -106,11 +107,11 @@ class SecureSumClient:
             self._refresh_crl(loop)
             self.session = sa.ClientSession(sa.SiteId(loop.site), self.key, self.cert_pem, self.ca_pem,
                                             mask_context=context, policy=policy, revocations=self.revocations)
-            reply = self._session(task).handle(codec.decode_secagg("Announce", task.payload))
+            reply = self._session(task).handle(secagg_wire.decode_secagg("Announce", task.payload))
             self._submit(loop, task, reply)
         elif kind == pb.SECAGG_SHARE:
             session = self._session(task)
-            reply = session.handle(codec.decode_secagg("AdvertisementsRelay", task.payload))
+            reply = session.handle(secagg_wire.decode_secagg("AdvertisementsRelay", task.payload))
             assert session.session_id is not None
             bound = dataclasses.replace(work.ctx, session=session.session_id)
             vectors = self._vectors(loop, work, task.phase, bound, session.params.clip if session.params else None)
@@ -119,7 +120,7 @@ class SecureSumClient:
             self._submit(loop, task, reply)
         elif kind == pb.SECAGG_MASKED:
             session = self._session(task)
-            masked = session.handle(codec.decode_secagg("SharesRelay", task.payload))
+            masked = session.handle(secagg_wire.decode_secagg("SharesRelay", task.payload))
             assert isinstance(masked, sa.MaskedInput), "a SharesRelay is always answered with a MaskedInput"
             encoding = tpb.RING_U32 if masked.vector.dtype == np.uint32 else tpb.RING_U64
             loop.transport.upload(task.round_id, task.step, task.phase, encoding,
@@ -129,13 +130,13 @@ class SecureSumClient:
                             task.phase, session.clipped)
         elif kind == pb.SECAGG_CONSISTENCY:
             session = self._session(task)
-            reply = session.handle(codec.decode_secagg("ConsistencyRequest", task.payload))
+            reply = session.handle(secagg_wire.decode_secagg("ConsistencyRequest", task.payload))
             if task.phase == 0 and session.survivors is not None:
                 self._first_phase = (task.round_id, session.survivors)
             self._submit(loop, task, reply)
         elif kind == pb.SECAGG_UNMASK:
             session = self._session(task)
-            reply = session.handle(codec.decode_secagg("UnmaskRequest", task.payload))
+            reply = session.handle(secagg_wire.decode_secagg("UnmaskRequest", task.payload))
             # Nothing beside the shares: this site's clipped count travelled inside the first secure sum.
             self._submit(loop, task, reply)
 
@@ -146,7 +147,7 @@ class SecureSumClient:
 
     def _submit(self, loop: Any, task: pb.Task, reply: Any) -> None:
         loop.transport.submit(pb.SubmitRequest(round_id=task.round_id, step=task.step, kind=task.kind,
-                                               payload=codec.encode_secagg(reply)))
+                                               payload=secagg_wire.encode_secagg(reply)))
 
     def _vectors(self, loop: Any, work: Any, phase: int, ctx: RoundContext,
                  clip: float | None = None) -> dict[str, np.ndarray]:

@@ -43,10 +43,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Literal, Protocol, Sequence, runtime_checkable
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm  # type: ignore[import-untyped, unused-ignore]
 
+from ..contract import DEFAULT_EVAL_BATCHES, TrainHyper
 from ..strategies.base import LocalUpdate, TrainingPlan
 from ..strategies.lora import Adapter, LoraFactors
 from .basemodel import load_base, target_shapes
@@ -61,9 +61,6 @@ if TYPE_CHECKING:
 Task = Literal["causal-lm", "seq-cls"]
 Batch = dict[str, torch.Tensor]
 _PEFT_PREFIX = "base_model.model."
-DEFAULT_EVAL_BATCHES = 1
-"""Batches each evaluation reads by default: a fixed cost per round (two forward batches: before and after
-training, three with held-out data), whatever the dataset size."""
 _SEEDED_INIT = threading.Lock()
 
 
@@ -73,38 +70,6 @@ class TrainerError(ValueError):
 
 class TrainingStopped(Exception):
     """The agent asked local training to stop (the coordinator closed the round, e.g. ``admin stop``)."""
-
-
-class TrainHyper(BaseModel):
-    """Local training hyper-parameters; exactly one of ``local_steps`` / ``epochs`` is set."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    local_steps: int | None = Field(default=None, gt=0)
-    epochs: int | None = Field(default=None, gt=0)
-    batch_size: int = Field(default=8, gt=0)
-    lr: float = Field(default=1e-3, gt=0, allow_inf_nan=False)
-    weight_decay: float = Field(default=0.0, ge=0, allow_inf_nan=False)
-    max_grad_norm: float | None = Field(default=1.0, gt=0, allow_inf_nan=False)
-    optimizer: Literal["adamw", "sgd", "galore-adamw"] = "adamw"
-    """``galore-adamw``: GaLore's low-rank-projected AdamW (``pip install galore-torch``) for dense training."""
-    galore_rank: int = Field(default=128, gt=0)
-    galore_update_proj_gap: int = Field(default=200, gt=0)
-    galore_scale: float = Field(default=0.25, gt=0, allow_inf_nan=False)
-    eval_batches: int | None = Field(default=DEFAULT_EVAL_BATCHES, gt=0)
-    """Batches read by each evaluation (``loss_before``, ``loss_after``, ``eval_loss``); ``None``: the whole dataset."""
-    # --- issue 14: FedProx ---
-    prox_mu: float = Field(default=0.0, ge=0, allow_inf_nan=False)
-    """FedProx's μ (Li et al. 2020): adds μ·(θ − θ_start) to every step's (clipped) gradient, i.e. the
-    proximal term μ/2·‖θ − θ_start‖² on the trainable parameters; 0 turns it off."""
-
-    @model_validator(mode="after")
-    def _one_length(self) -> TrainHyper:
-        if (self.local_steps is None) == (self.epochs is None):
-            raise ValueError(
-                f"set exactly one of local_steps or epochs, got local_steps={self.local_steps}, epochs={self.epochs}"
-            )
-        return self
 
 
 @dataclass
@@ -121,7 +86,6 @@ class TrainResult:
     """Mean loss on the local data after training."""
     eval_loss: float = math.nan
     """Mean loss of the model as received (before local training) on the site's held-out data, if it has any."""
-    """Mean loss on the local data after training."""
 
 
 @runtime_checkable

@@ -120,6 +120,7 @@ def run_agent(model_dir: Path, data_path: Path, steps: int) -> dict[str, Any]:
 
     from fedquilt.agent.data import load_dataset
     from fedquilt.agent.trainer import LoraTrainer, TrainHyper
+    from fedquilt import contract
     from fedquilt.proto import codec
     from fedquilt.secure_agg.layout import VectorLayout
     from fedquilt.secure_agg.params import SecAggParams
@@ -152,14 +153,14 @@ def run_agent(model_dir: Path, data_path: Path, steps: int) -> dict[str, Any]:
     g = torch.Generator().manual_seed(SEED)  # round 1's published cumulative update (rank 16, as 2 sites of r=8)
     glob = Aggregate(adapter={n: LoraFactors(torch.randn(16, k, generator=g) * 0.02, torch.randn(d, 16, generator=g)
                                              * 0.02, 1.0) for n, (d, k) in shapes.items()})
-    downloaded = codec.encode_aggregate(glob)
+    downloaded = contract.encode_aggregate(glob)
     rule: Any = make_rule("secure-stack", {})
     ctx = RoundContext(round=2, shapes=shapes, ranks={"site-0": RANK, "site-1": RANK}, session=os.urandom(16))
     hp = TrainHyper(local_steps=steps, batch_size=BATCH, lr=LR)  # default evaluation, clipping, optimizer
 
     started = time.perf_counter()
     t0 = time.perf_counter()
-    glob_in = codec.decode_aggregate(downloaded)
+    glob_in = contract.decode_aggregate(downloaded)
     plan = rule.start(glob_in, ctx, "site-0", ALPHA)
     timing["download_decode_s"] = time.perf_counter() - t0
     result = trainer.train(plan, data, hp, progress=False)

@@ -39,7 +39,6 @@ def register(sub: Any) -> None:
 
 def build_loop(config_path: Path, progress: bool = True) -> Any:
     """Everything an agent needs, built from its configuration file."""
-    from ..agent.basemodel import federation_fingerprint
     from ..agent.config import load_agent_config
     from ..agent.trainer import LoraTrainer
 
@@ -80,7 +79,7 @@ def _local_data(cfg: Any, trainer: Any) -> tuple[Any, Any]:
 
 def _agent_loop(cfg: Any, trainer: Any, data: Any, eval_data: Any, privacy: Any, progress: bool) -> Any:
     """The agent loop of the process that talks to the coordinator (the only one that opens a channel)."""
-    from ..agent.basemodel import fingerprint
+    from ..agent.basemodel import federation_fingerprint
     from ..agent.loop import AgentLoop, hello_request
     from ..agent.transport import Transport, channel
 

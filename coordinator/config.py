@@ -157,7 +157,7 @@ class FederationConfig(_Strict):
     @field_validator("train")
     @classmethod
     def _train(cls, v: dict[str, Any]) -> dict[str, Any]:
-        from ..agent.trainer import TrainHyper
+        from ..contract import TrainHyper
         from ..config_errors import describe_errors
 
         try:

@@ -1,8 +1,8 @@
 """Version manifests: what a published adapter is, where it came from, and who vouches for it.
 
 The coordinator signs the canonical form of the manifest (RFC 8785 JSON without the ``signature``
-member; see ``proto/manifest.py`` and docs/secure-aggregation.md § Manifests) with its certificate's
-key. Verification lives in ``fedquilt.proto.manifest`` so that consumers and agents need nothing
+member; see ``manifest.py`` and docs/secure-aggregation.md § Manifests) with its certificate's
+key. Verification lives in ``fedquilt.manifest`` so that consumers and agents need nothing
 from the coordinator package; it is re-exported here for the coordinator's own callers.
 """
 
@@ -16,7 +16,7 @@ from typing import Any, Mapping
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from ..proto.manifest import FORMAT, ManifestError, canonical, check_files, verify
+from ..manifest import FORMAT, ManifestError, canonical, check_files, verify
 
 __all__ = ["FORMAT", "ManifestError", "canonical", "file_entries", "build", "sign", "verify", "check_files"]
 

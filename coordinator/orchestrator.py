@@ -40,8 +40,8 @@ from typing import Any, Callable, Mapping, Protocol, Sequence
 
 import numpy as np
 
-from ..contract import round_context
-from ..proto.codec import SESSION_ID_BYTES, RoundSpec, encode_aggregate, encode_spec, encode_tensors
+from ..contract import encode_aggregate, round_context
+from ..proto.codec import SESSION_ID_BYTES, RoundSpec, encode_spec, encode_tensors
 from ..strategies.base import Aggregate, Broadcast, IndividualRule, RoundContext, Rule
 from .collect import PlainCollector
 from .config import FederationConfig, Weighting

@@ -18,7 +18,7 @@ import re
 from pathlib import Path
 from typing import Any, Mapping, Protocol
 
-from .atomic_file import atomic_write
+from ..atomic_file import atomic_write
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 

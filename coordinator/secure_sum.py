@@ -28,6 +28,7 @@ from typing import Any, Callable, Iterable
 
 import numpy as np
 
+from .. import secagg_wire
 from .. import secure_agg as sa
 from ..proto import codec
 from ..strategies import cohort_metrics
@@ -92,7 +93,7 @@ class SecureSum:
             self.heard.add(site)
         else:
             assert self.session is not None
-            self._receive(site, codec.decode_secagg(_REPLY_KIND[kind], payload))
+            self._receive(site, secagg_wire.decode_secagg(_REPLY_KIND[kind], payload))
         self._replies[site] = digest
 
     def refuse(self, site: SiteId, kind: Step, reason: str) -> None:
@@ -147,22 +148,22 @@ class SecureSum:
         assert self.session is not None
         if self.stage is Step.SECAGG_ADVERTISE:
             relay = self.session.relay_advertisements()
-            payload = codec.encode_secagg(relay)
+            payload = secagg_wire.encode_secagg(relay)
             self.expected = {SiteId(a.site) for a in relay.advertisements}
             return self._next(Step.SECAGG_SHARE, {s: payload for s in self.expected})
         if self.stage is Step.SECAGG_SHARE:
             routes = self.session.route_shares()
             self.expected = {SiteId(s) for s in routes}
-            return self._next(Step.SECAGG_MASKED, {SiteId(s): codec.encode_secagg(m) for s, m in routes.items()})
+            return self._next(Step.SECAGG_MASKED, {SiteId(s): secagg_wire.encode_secagg(m) for s, m in routes.items()})
         if self.stage is Step.SECAGG_MASKED:
             check = self.session.request_consistency()
             self.expected = {SiteId(s) for s in check.survivors}
-            payload = codec.encode_secagg(check)
+            payload = secagg_wire.encode_secagg(check)
             return self._next(Step.SECAGG_CONSISTENCY, {s: payload for s in self.expected})
         if self.stage is Step.SECAGG_CONSISTENCY:
             req = self.session.request_unmask()
             self.expected = {SiteId(s) for s, _ in req.signatures}
-            payload = codec.encode_secagg(req)
+            payload = secagg_wire.encode_secagg(req)
             return self._next(Step.SECAGG_UNMASK, {s: payload for s in self.expected})
         self.result_ = self.session.finish()
         self.done = True
@@ -190,7 +191,7 @@ class SecureSum:
         params = sa.default_params(n, self.clip, min_frac_bits=self.min_frac_bits, threshold=threshold)
         self.session = sa.ServerSession(sorted(sa.SiteId(s) for s in agreeing), params, layout, ca_cert_pem=self.ca_pem,
                                         mask_context=self.mask_context)
-        payload = codec.encode_secagg(self.session.start())
+        payload = secagg_wire.encode_secagg(self.session.start())
         self.expected = agreeing
         return self._next(Step.SECAGG_ADVERTISE, {s: payload for s in agreeing})
 

@@ -15,6 +15,7 @@ from safetensors.numpy import load as st_load
 from safetensors.numpy import save as st_save
 
 from . import federation_pb2 as pb
+from . import secagg_pb2 as spb
 from . import tensors_pb2 as tpb
 
 CHUNK_BYTES = 1 << 20
@@ -235,191 +236,19 @@ def read_upload(stream: Iterable[pb.UploadChunk], max_bytes: int) -> tuple[pb.Up
     return header, upload.finish()
 
 
-# --- global state --------------------------------------------------------------------------------
-
-
-def encode_aggregate(agg: Any) -> bytes:
-    """A global state (``strategies.base.Aggregate``) -> safetensors bytes (None -> b"")."""
-    if agg is None:
-        return b""
-    out: dict[str, np.ndarray] = {}
-    for name, f in (agg.adapter or {}).items():
-        out[f"{name}|A"] = f.A.detach().cpu().numpy().astype(np.float32)
-        out[f"{name}|B"] = f.B.detach().cpu().numpy().astype(np.float32)
-        out[f"{name}|s"] = np.array([f.scaling], np.float64)
-    for name, d in (agg.dense or {}).items():
-        out[f"{name}|dense"] = d.detach().cpu().numpy().astype(np.float32)
-    for name, t in (getattr(agg, "saved", None) or {}).items():
-        out[f"{name}|saved"] = t.detach().cpu().numpy().astype(np.float32)
-    return encode_tensors(out)
-
-
-def decode_aggregate(data: bytes) -> Any:
-    """Inverse of ``encode_aggregate``."""
-    import torch
-
-    from ..strategies.base import Aggregate
-    from ..strategies.lora import LoraFactors
-
-    tensors = decode_tensors(data)
-    if not tensors:
-        return None
-    adapter, dense, saved = {}, {}, {}
-    for key in tensors:
-        name, _, part = key.rpartition("|")
-        if part == "A":
-            try:
-                adapter[name] = LoraFactors(
-                    A=torch.from_numpy(tensors[key].copy()),
-                    B=torch.from_numpy(tensors[f"{name}|B"].copy()),
-                    scaling=float(tensors[f"{name}|s"][0]),
-                )
-            except (KeyError, ValueError) as exc:
-                raise CodecError(f"malformed global adapter entry {name!r}: {exc}") from None
-        elif part == "dense":
-            dense[name] = torch.from_numpy(tensors[key].copy())
-        elif part == "saved":
-            saved[name] = torch.from_numpy(tensors[key].copy())
-        elif part not in ("B", "s"):
-            raise CodecError(f"unknown global tensor {key!r}")
-    return Aggregate(adapter=adapter or None, dense=dense or None, saved=saved or None)
-
-
-# --- secure aggregation messages -----------------------------------------------------------------
-# (imported lazily: the wire format must not make every user of codec import secure_agg)
+# --- secure aggregation framing (the messages themselves: ``secagg_wire``) -------------------------
 
 SESSION_ID_BYTES = 32
 
 
-def _sa() -> Any:
-    from .. import secure_agg
-
-    return secure_agg
-
-
-def _params_to_pb(p: Any) -> Any:
-    from . import secagg_pb2 as spb
-
-    return spb.SecAggParamsMsg(threshold=p.threshold, clip=p.clip, max_sites=p.max_sites, degree=p.degree or 0,
-                               ring_bits=p.ring_bits, frac_bits=p.frac_bits or 0, share_threshold=p.share_threshold or 0)
-
-
-def _params_from_pb(m: Any) -> Any:
-    return _sa().SecAggParams(threshold=m.threshold, clip=m.clip, max_sites=m.max_sites, degree=m.degree or None,
-                              ring_bits=m.ring_bits, frac_bits=m.frac_bits,
-                              share_threshold=m.share_threshold or None if m.degree else None)
-
-
-def _ad_to_pb(a: Any) -> Any:
-    from . import secagg_pb2 as spb
-
-    return spb.KeyAdvertisementMsg(nonce=a.nonce, site=a.site, c_pk=a.c_pk, s_pk=a.s_pk, cert_pem=a.cert_pem,
-                                   signature=a.signature)
-
-
-def _ad_from_pb(m: Any) -> Any:
-    return _sa().KeyAdvertisement(m.nonce, _sa().SiteId(m.site), m.c_pk, m.s_pk, m.cert_pem, m.signature)
-
-
-def _share_to_pb(s: Any) -> Any:
-    from . import secagg_pb2 as spb
-
-    return spb.EncryptedShareMsg(sender=s.sender, receiver=s.receiver, ciphertext=s.ciphertext)
-
-
-def _share_from_pb(m: Any) -> Any:
-    return _sa().EncryptedShare(_sa().SiteId(m.sender), _sa().SiteId(m.receiver), m.ciphertext)
-
-
-def encode_secagg(msg: Any) -> bytes:
-    """A secure_agg message dataclass -> bytes (MaskedInput excluded: it travels as an upload)."""
-    from . import secagg_pb2 as spb
-
-    sa = _sa()
-    if isinstance(msg, sa.Announce):
-        out: Any = spb.AnnounceMsg(nonce=msg.nonce, cohort=list(msg.cohort), params=_params_to_pb(msg.params),
-                                   layout=layout_to_pb(msg.layout.entries))
-    elif isinstance(msg, sa.KeyAdvertisement):
-        out = _ad_to_pb(msg)
-    elif isinstance(msg, sa.AdvertisementsRelay):
-        out = spb.AdvertisementsRelayMsg(nonce=msg.nonce, advertisements=[_ad_to_pb(a) for a in msg.advertisements])
-    elif isinstance(msg, sa.EncryptedShares):
-        out = spb.EncryptedSharesMsg(session_id=msg.session_id, sender=msg.sender,
-                                     shares=[_share_to_pb(s) for s in msg.shares])
-    elif isinstance(msg, sa.SharesRelay):
-        out = spb.SharesRelayMsg(session_id=msg.session_id, receiver=msg.receiver, participants=list(msg.participants),
-                                 shares=[_share_to_pb(s) for s in msg.shares])
-    elif isinstance(msg, sa.ConsistencyRequest):
-        out = spb.ConsistencyRequestMsg(session_id=msg.session_id, survivors=list(msg.survivors),
-                                        dropped=list(msg.dropped))
-    elif isinstance(msg, sa.ConsistencySignature):
-        out = spb.ConsistencySignatureMsg(session_id=msg.session_id, sender=msg.sender, signature=msg.signature)
-    elif isinstance(msg, sa.UnmaskRequest):
-        out = spb.UnmaskRequestMsg(session_id=msg.session_id, survivors=list(msg.survivors), dropped=list(msg.dropped),
-                                   signatures=[spb.SignerSignature(signer=s, signature=g) for s, g in msg.signatures])
-    elif isinstance(msg, sa.RevealedShares):
-        out = spb.RevealedSharesMsg(
-            session_id=msg.session_id, sender=msg.sender,
-            self_mask_shares=[spb.OwnedShare(owner=o, share=s) for o, s in msg.self_mask_shares],
-            mask_key_shares=[spb.OwnedShare(owner=o, share=s) for o, s in msg.mask_key_shares])
-    else:
-        raise CodecError(f"cannot encode {type(msg).__name__}")
-    return bytes(out.SerializeToString())
-
-
-def _parse(kind: Any, data: bytes) -> Any:
+def parse_message(kind: Any, data: bytes) -> Any:
+    """Parse ``data`` as the protobuf message class ``kind``, or raise ``CodecError`` naming it."""
     msg = kind()
     try:
         msg.ParseFromString(data)
     except Exception as exc:  # protobuf's DecodeError
         raise CodecError(f"malformed {kind.__name__}: {exc}") from None
     return msg
-
-
-def decode_secagg(kind: str, data: bytes) -> Any:
-    """Bytes -> the secure_agg message named ``kind`` (its class name), with precise errors."""
-    from . import secagg_pb2 as spb
-
-    sa = _sa()
-    try:
-        if kind == "Announce":
-            m = _parse(spb.AnnounceMsg, data)
-            return sa.Announce(m.nonce, tuple(sa.SiteId(s) for s in m.cohort), _params_from_pb(m.params),
-                               sa.VectorLayout(tuple(layout_from_pb(m.layout))))
-        if kind == "KeyAdvertisement":
-            return _ad_from_pb(_parse(spb.KeyAdvertisementMsg, data))
-        if kind == "AdvertisementsRelay":
-            m = _parse(spb.AdvertisementsRelayMsg, data)
-            return sa.AdvertisementsRelay(m.nonce, tuple(_ad_from_pb(a) for a in m.advertisements))
-        if kind == "EncryptedShares":
-            m = _parse(spb.EncryptedSharesMsg, data)
-            return sa.EncryptedShares(m.session_id, sa.SiteId(m.sender), tuple(_share_from_pb(s) for s in m.shares))
-        if kind == "SharesRelay":
-            m = _parse(spb.SharesRelayMsg, data)
-            return sa.SharesRelay(m.session_id, sa.SiteId(m.receiver), tuple(sa.SiteId(p) for p in m.participants),
-                                  tuple(_share_from_pb(s) for s in m.shares))
-        if kind == "ConsistencyRequest":
-            m = _parse(spb.ConsistencyRequestMsg, data)
-            return sa.ConsistencyRequest(m.session_id, tuple(sa.SiteId(s) for s in m.survivors),
-                                         tuple(sa.SiteId(s) for s in m.dropped))
-        if kind == "ConsistencySignature":
-            m = _parse(spb.ConsistencySignatureMsg, data)
-            return sa.ConsistencySignature(m.session_id, sa.SiteId(m.sender), m.signature)
-        if kind == "UnmaskRequest":
-            m = _parse(spb.UnmaskRequestMsg, data)
-            return sa.UnmaskRequest(m.session_id, tuple(sa.SiteId(s) for s in m.survivors),
-                                    tuple(sa.SiteId(s) for s in m.dropped),
-                                    tuple((sa.SiteId(g.signer), g.signature) for g in m.signatures))
-        if kind == "RevealedShares":
-            m = _parse(spb.RevealedSharesMsg, data)
-            return sa.RevealedShares(m.session_id, sa.SiteId(m.sender),
-                                     tuple((sa.SiteId(o.owner), o.share) for o in m.self_mask_shares),
-                                     tuple((sa.SiteId(o.owner), o.share) for o in m.mask_key_shares))
-    except (ValueError, TypeError) as exc:
-        if isinstance(exc, CodecError):
-            raise
-        raise CodecError(f"malformed {kind}: {exc}") from None
-    raise CodecError(f"unknown secure-aggregation message {kind!r}")
 
 
 def encode_masked(session_id: bytes, vector: np.ndarray) -> bytes:
@@ -439,13 +268,9 @@ def decode_masked(data: bytes, ring_bits: int, size: int) -> tuple[bytes, np.nda
 
 def encode_layout(layout: Iterable[tuple[str, tuple[int, ...]]]) -> bytes:
     """A phase's vector layout declaration."""
-    from . import secagg_pb2 as spb
-
     return bytes(spb.LayoutDeclaration(layout=layout_to_pb(layout)).SerializeToString())
 
 
 def decode_layout(data: bytes) -> list[tuple[str, tuple[int, ...]]]:
     """Inverse of ``encode_layout``."""
-    from . import secagg_pb2 as spb
-
-    return layout_from_pb(_parse(spb.LayoutDeclaration, data).layout)
+    return layout_from_pb(parse_message(spb.LayoutDeclaration, data).layout)

@@ -33,8 +33,10 @@ from typing import Any, Callable
 import numpy as np
 
 from ..agent.data import TokenizedDataset
-from ..agent.trainer import LoraTrainer, TrainHyper
-from ..proto.codec import decode_aggregate, decode_tensors, encode_aggregate, encode_tensors
+from ..agent.trainer import LoraTrainer
+from ..contract import TrainHyper
+from ..contract import decode_aggregate, encode_aggregate
+from ..proto.codec import decode_tensors, encode_tensors
 from ..strategies.base import Aggregate, Broadcast, LocalUpdate, RoundContext, Rule
 from ..strategies.registry import federated_rule
 from .config import SimConfig

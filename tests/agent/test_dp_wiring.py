@@ -18,6 +18,7 @@ import pytest
 import torch
 from opacus.accountants import RDPAccountant
 
+from fedquilt import contract
 from fedquilt.agent.data import TokenizedDataset, load_dataset
 from fedquilt.agent.dp_trainer import DPLoraTrainer, DPTrainResult
 from fedquilt.agent.loop import AgentLoop
@@ -198,7 +199,7 @@ class FakeTransport:
         self.on_reconnect: Any = None
 
     def download(self, kind: Any, *args: Any) -> bytes:
-        return codec.encode_aggregate(None)
+        return contract.encode_aggregate(None)
 
     def submit(self, req: pb.SubmitRequest) -> None:
         self.submitted.append(req)

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from fedquilt.coordinator import manifest as manifests
-from fedquilt.coordinator import atomic_file
+from fedquilt import atomic_file
 from fedquilt.coordinator.pki import Role, init_ca, issue
 from fedquilt.coordinator.publish import publish
 from fedquilt.coordinator.registry import FileModelStore, UnknownVersion

@@ -15,6 +15,7 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 
+from fedquilt import contract
 from fedquilt.agent.rule_state import RuleStateFile
 from fedquilt.contract import round_context
 from fedquilt.coordinator.config import FederationConfig
@@ -126,7 +127,7 @@ class RoundPair:
         spec = codec.decode_spec(task.spec_json)
         ctx = round_context(spec)
         rule = make_rule(spec.rule, spec.params)
-        glob = codec.decode_aggregate(self.orch.global_payload(SiteId(site.name)))
+        glob = contract.decode_aggregate(self.orch.global_payload(SiteId(site.name)))
         plan = rule.start(glob, ctx, site.name, ALPHA, state=site.state)
         gen = torch.Generator().manual_seed(site.seed * 1000 + spec.round)
         if plan.dense:

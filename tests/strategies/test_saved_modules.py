@@ -75,7 +75,7 @@ def test_a_site_cannot_smuggle_other_dense_tensors_as_saved() -> None:
 
 
 def test_saved_head_travels_in_the_global_and_the_published_folder(tmp_path) -> None:
-    from fedquilt.proto.codec import decode_aggregate, encode_aggregate
+    from fedquilt.contract import decode_aggregate, encode_aggregate
     from fedquilt.strategies.adapters import load_peft, load_saved, save_peft
     from fedquilt.strategies.base import Aggregate
 

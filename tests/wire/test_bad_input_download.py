@@ -7,6 +7,7 @@ from typing import Any, Callable
 import grpc
 import pytest
 
+from fedquilt import contract
 from fedquilt.agent.transport import MAX_DOWNLOAD_BYTES
 from fedquilt.proto import codec
 from fedquilt.proto import federation_pb2 as pb
@@ -39,7 +40,7 @@ def test_bad_download_is_refused(coordinator, case: str) -> None:
     assert w.snapshot() == before
     payload = codec.join_chunks(w.fed("site-0").Download(pb.DownloadRequest(what=pb.DownloadRequest.GLOBAL), timeout=5),
                                 MAX_DOWNLOAD_BYTES)
-    assert payload == b"" and codec.decode_aggregate(payload) is None  # no version yet: an empty global state
+    assert payload == b"" and contract.decode_aggregate(payload) is None  # no version yet: an empty global state
 
 
 def test_broadcast_of_a_round_the_site_is_not_in_is_denied(coordinator) -> None:

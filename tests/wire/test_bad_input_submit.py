@@ -8,6 +8,7 @@ from typing import Any, Callable
 import grpc
 import pytest
 
+from fedquilt import secagg_wire
 from fedquilt import secure_agg as sa
 from fedquilt.proto import codec
 from fedquilt.proto import federation_pb2 as pb
@@ -96,7 +97,7 @@ def _client(w: Any, who: str) -> sa.ClientSession:
 
 
 def _advertisement(w: Any, who: str, task: pb.Task) -> Any:
-    return _client(w, who).handle(codec.decode_secagg("Announce", task.payload))
+    return _client(w, who).handle(secagg_wire.decode_secagg("Announce", task.payload))
 
 
 DECLARE_CASES: dict[str, tuple[Callable[[Any], dict[str, Any]], grpc.StatusCode]] = {
@@ -139,7 +140,7 @@ def test_secagg_messages_from_a_site_outside_the_cohort_are_denied(declare_stage
     ads = _advertise_stage(w)
     before = w.snapshot()
     real = _advertisement(w, "site-0", ads["site-0"])
-    ad = codec.encode_secagg(sa.KeyAdvertisement(real.nonce, sa.SiteId("site-2"), real.c_pk, real.s_pk,
+    ad = secagg_wire.encode_secagg(sa.KeyAdvertisement(real.nonce, sa.SiteId("site-2"), real.c_pk, real.s_pk,
                                                  w.cert("site-2")[0].read_bytes(), real.signature))
     assert w.refused(lambda: _submit(w, "site-2", ads["site-0"], payload=ad)) is DENIED
     assert w.snapshot() == before
@@ -150,15 +151,15 @@ def _forged(w: Any, task: pb.Task, how: str) -> bytes:
     if how == "garbage-bytes":
         return b"\x0a\xff\xff\xff\xff\x0f"
     if how == "impersonates-site-1":
-        return codec.encode_secagg(_advertisement(w, "site-1", task))
+        return secagg_wire.encode_secagg(_advertisement(w, "site-1", task))
     if how == "other-session-nonce":
-        return codec.encode_secagg(sa.KeyAdvertisement(b"\x00" * len(ad.nonce), ad.site, ad.c_pk, ad.s_pk,
+        return secagg_wire.encode_secagg(sa.KeyAdvertisement(b"\x00" * len(ad.nonce), ad.site, ad.c_pk, ad.s_pk,
                                                        ad.cert_pem, ad.signature))
     if how == "short-keys":
-        return codec.encode_secagg(sa.KeyAdvertisement(ad.nonce, ad.site, ad.c_pk[:16], ad.s_pk, ad.cert_pem,
+        return secagg_wire.encode_secagg(sa.KeyAdvertisement(ad.nonce, ad.site, ad.c_pk[:16], ad.s_pk, ad.cert_pem,
                                                        ad.signature))
     if how == "bad-signature":
-        return codec.encode_secagg(sa.KeyAdvertisement(ad.nonce, ad.site, ad.c_pk, ad.s_pk, ad.cert_pem,
+        return secagg_wire.encode_secagg(sa.KeyAdvertisement(ad.nonce, ad.site, ad.c_pk, ad.s_pk, ad.cert_pem,
                                                        bytes(len(ad.signature))))
     raise AssertionError(how)
 
@@ -172,13 +173,13 @@ def test_bad_key_advertisement_is_refused(declare_stage: Any, how: str) -> None:
     assert before["secagg"][:2] == ["SECAGG_ADVERTISE", []]
     assert w.refused(lambda: _submit(w, "site-0", task, payload=_forged(w, task, how))) is INVALID
     assert w.snapshot() == before
-    assert _submit(w, "site-0", task, payload=codec.encode_secagg(_advertisement(w, "site-0", task))).accepted
+    assert _submit(w, "site-0", task, payload=secagg_wire.encode_secagg(_advertisement(w, "site-0", task))).accepted
     assert w.snapshot()["secagg"][1] == ["site-0"]
 
 
 def test_identical_retry_of_a_key_advertisement_is_accepted(declare_stage: Any) -> None:
     w = declare_stage
     task = _advertise_stage(w)["site-0"]
-    payload = codec.encode_secagg(_advertisement(w, "site-0", task))
+    payload = secagg_wire.encode_secagg(_advertisement(w, "site-0", task))
     assert _submit(w, "site-0", task, payload=payload).accepted
     assert _submit(w, "site-0", task, payload=payload).accepted

@@ -15,7 +15,7 @@ import pytest
 from fedquilt.cli.main import main
 from fedquilt.coordinator import manifest as manifests
 from fedquilt.coordinator.pki import Role, issue, revoke
-from fedquilt.proto.manifest import ManifestError, canonical, canonical_json
+from fedquilt.manifest import ManifestError, canonical, canonical_json
 
 FILES = {"adapter_config.json": b'{"r": 2}', "adapter_model.safetensors": b"\x00" * 64}
 

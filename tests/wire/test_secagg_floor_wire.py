@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 from cryptography import x509
 
+from fedquilt import secagg_wire
 from fedquilt import secure_agg as sa
 from fedquilt.agent.secure_sum import SecureSumClient
 from fedquilt.agent.transport import Transport
@@ -122,7 +123,7 @@ def test_coordinator_refuses_an_advertisement_from_a_non_site_certificate(quick:
     ca = (w.files.ca_dir / "ca.pem").read_bytes()
     posing = sa.ClientSession(sa.SiteId("site-0"), sa.load_signing_key(other.key.read_bytes()), other.cert.read_bytes(),
                               ca, policy=sa.ClientPolicy(min_sites=2))
-    ad = posing.handle(codec.decode_secagg("Announce", task.payload))
+    ad = posing.handle(secagg_wire.decode_secagg("Announce", task.payload))
     before = w.snapshot()
-    assert w.refused(lambda: _submit(w, "site-0", task, payload=codec.encode_secagg(ad))).name == "INVALID_ARGUMENT"
+    assert w.refused(lambda: _submit(w, "site-0", task, payload=secagg_wire.encode_secagg(ad))).name == "INVALID_ARGUMENT"
     assert w.snapshot() == before

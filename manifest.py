@@ -27,9 +27,9 @@ from cryptography.exceptions import InvalidSignature as _BadSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from ..secure_agg.crl import RevocationSet, load_crl
-from ..secure_agg.errors import InvalidSignature
-from ..secure_agg.signing import CertificateVerifier, utc_now
+from .secure_agg.crl import RevocationSet, load_crl
+from .secure_agg.errors import InvalidSignature
+from .secure_agg.signing import CertificateVerifier, utc_now
 
 __all__ = ["FORMAT", "COORDINATOR_ROLE", "ManifestError", "canonical", "canonical_json", "verify", "check_files"]
 
