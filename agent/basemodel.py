@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Sequence
 
+from ..strategies.adapters import Task
 from .config import Quantization
 from .device import resolve
 
@@ -29,7 +30,6 @@ import torch
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-Task = Literal["causal-lm", "seq-cls"]
 
 _VOLATILE_CONFIG_KEYS = frozenset(
     {"transformers_version", "_name_or_path", "_commit_hash", "torch_dtype", "dtype", "use_cache"}

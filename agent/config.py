@@ -10,6 +10,8 @@ from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from ..strategies.adapters import Task
+
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -57,7 +59,7 @@ class ModelSection(_Strict):
     """The local base model and the LoRA this site trains."""
 
     dir: Path
-    task: Literal["causal-lm", "seq-cls"] = "causal-lm"
+    task: Task = "causal-lm"
     target_modules: list[str] = Field(default_factory=lambda: ["q_proj", "v_proj"])
     rank: int = Field(8, ge=1, le=1024)
     alpha: float = Field(16.0, gt=0)

@@ -21,10 +21,11 @@ from typing import TYPE_CHECKING, Any, Iterator, Literal, Sequence
 import torch
 from torch.utils.data import Dataset
 
+from ..strategies.adapters import Task
+
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
-Task = Literal["causal-lm", "seq-cls"]
 Batch = dict[str, torch.Tensor]
 IGNORE_INDEX = -100
 

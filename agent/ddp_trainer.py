@@ -29,7 +29,8 @@ from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, S
 
 from .config import Quantization
 from ..contract import TrainHyper
-from .trainer import Batch, LoraTrainer, Task, TrainerError, loss_weight
+from ..strategies.adapters import Task
+from .trainer import Batch, LoraTrainer, TrainerError, loss_weight
 
 
 class ShardedBatches(Sampler[list[int]]):

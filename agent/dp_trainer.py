@@ -35,7 +35,8 @@ from .config import Quantization
 from .privacy import PrivateRun
 from .privacy_ledger import PrivacyError
 from .privacy_session import PrivacyReport, PrivacySite
-from .trainer import Batch, LoraTrainer, Task, TrainerError, TrainResult
+from ..strategies.adapters import Task
+from .trainer import Batch, LoraTrainer, TrainerError, TrainResult
 
 
 @dataclass

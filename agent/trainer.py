@@ -48,6 +48,7 @@ from tqdm.auto import tqdm  # type: ignore[import-untyped, unused-ignore]
 
 from ..contract import DEFAULT_EVAL_BATCHES, TrainHyper
 from ..strategies.base import LocalUpdate, TrainingPlan
+from ..strategies.adapters import Task
 from ..strategies.lora import Adapter, LoraFactors
 from .basemodel import load_base, target_shapes
 from .config import Quantization
@@ -58,7 +59,6 @@ from .saved_training import read_saved, start_saved
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
 
-Task = Literal["causal-lm", "seq-cls"]
 Batch = dict[str, torch.Tensor]
 _PEFT_PREFIX = "base_model.model."
 _SEEDED_INIT = threading.Lock()

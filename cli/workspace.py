@@ -22,7 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-Task = Literal["causal-lm", "seq-cls"]
+from ..strategies.adapters import Task
+
 
 TOPICS: tuple[tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...], tuple[str, ...]], ...] = (
     (

@@ -14,6 +14,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from ..strategies.adapters import Task
+
 
 class Weighting(str, Enum):
     """How the federation weights sites' updates."""
@@ -93,7 +95,7 @@ class FederationConfig(_Strict):
     model: str = "fedquilt-model"
     """Name under which versions are published in the model store."""
     base_fingerprint: str
-    task: Literal["causal-lm", "seq-cls"] = "causal-lm"
+    task: Task = "causal-lm"
     rule: str = "secure-stack"
     rule_params: dict[str, Any] = Field(default_factory=dict)
     rounds: int = Field(3, ge=1)

@@ -36,6 +36,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from ..strategies.adapters import Task
+
 from .partition import Partition
 
 
@@ -47,7 +49,7 @@ class SimModel(_Strict):
     """The base model and the LoRA every simulated site trains."""
 
     dir: str = "minilm"
-    task: Literal["causal-lm", "seq-cls"] = "seq-cls"
+    task: Task = "seq-cls"
     num_labels: int | None = Field(None, ge=2)
     target_modules: list[str] = Field(default_factory=lambda: ["query", "value"])
     modules_to_save: list[str] | None = None

@@ -20,8 +20,8 @@ from ..agent.basemodel import load_base
 from ..agent.data import TokenizedDataset
 from ..coordinator.publish import publishable_adapter
 from ..strategies.base import Aggregate
+from ..strategies.adapters import Task
 
-Task = Literal["causal-lm", "seq-cls"]
 
 
 class Evaluator:
