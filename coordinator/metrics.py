@@ -88,13 +88,17 @@ class Metrics:
                 self.observe_stage(str(facts.get("stage") or "unknown"), float(seconds))
         elif event == "round_discarded":
             self.rounds_discarded.inc()
+            self._count_clipped(facts)
         else:  # an observer must never break the round driver; a new event is just not counted yet
             log.debug("metrics ignore round event %r", event)
 
-    def _count_published(self, facts: Mapping[str, Any]) -> None:
+    def _count_clipped(self, facts: Mapping[str, Any]) -> None:
         clipped = facts.get("clipped")  # the cohort's total from the secure sum (no site reports its own)
         if isinstance(clipped, int) and not isinstance(clipped, bool) and clipped > 0:
             self.clipped_values.inc(clipped)
+
+    def _count_published(self, facts: Mapping[str, Any]) -> None:
+        self._count_clipped(facts)
         dropouts, seconds = facts.get("dropouts"), facts.get("seconds")
         if isinstance(dropouts, int) and dropouts >= 0:
             self.dropouts.inc(dropouts)

@@ -665,9 +665,12 @@ class Orchestrator:
 
     def _discard(self, rnd: RoundRecord, why: str) -> None:
         log.warning("round %d discarded: %s", rnd.number, why, extra={"round": rnd.number})
-        self.history.append({"round": rnd.number, "version": None, "discarded": why,
+        # A discarded round's secure sum may still have been decoded: its cohort-level clip count is reported
+        # (clipping is never silent), and nothing per site.
+        clipped = {"clipped": int(rnd.cohort_metrics["clipped"])} if rnd.cohort_metrics.get("clipped") else {}
+        self.history.append({"round": rnd.number, "version": None, "discarded": why, **clipped,
                              **({"site_noise_sigmas": rnd.site_noise_sigmas} if self.site_noise is not None else {})})
-        self._event("round_discarded", round=rnd.number, reason=why, round_id=rnd.spec.round_id)
+        self._event("round_discarded", round=rnd.number, reason=why, round_id=rnd.spec.round_id, **clipped)
         self._close(rnd, f"discarded: {why}")
 
     def _discard_safely(self, rnd: RoundRecord, why: str) -> None:

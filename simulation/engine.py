@@ -163,13 +163,16 @@ class Simulation:
                 return client[site].vectors(phase, update, n, bound, received, state=states[site])
 
             names = [s.name for s in cohort]
+            server_ctx = ctx
             if self.ids is not None:
-                sums, c = secure_sum(self.ids, names, vectors_of, weight_scale, fed.clip, fed.min_frac_bits,
-                                     mask_context(sent_bytes) if phase > 0 else b"")
+                sums, c, session = secure_sum(self.ids, names, vectors_of, weight_scale, fed.clip, fed.min_frac_bits,
+                                              mask_context(sent_bytes) if phase > 0 else b"")
                 clipped += c
+                # As the coordinator does: under SecAgg both halves take the rule's randomness from the session id.
+                server_ctx = dataclasses.replace(ctx, session=session)
             else:
                 sums = plain_sum(names, vectors_of)
-            out = self.server_rule.combine(phase, sums, ctx, glob, broadcast=sent)
+            out = self.server_rule.combine(phase, sums, server_ctx, glob, broadcast=sent)
             if isinstance(out, Aggregate):
                 return out, clipped
             sent, sent_bytes = out, encode_tensors(dict(out.tensors))

@@ -26,8 +26,11 @@ VectorsOf = Callable[[str, bytes], Mapping[str, np.ndarray]]
 """(site, session id) -> the site's vectors for this sum (sketch rules derive Ω from the session id)."""
 
 
-def _name(cn: str) -> x509.Name:
-    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+def _name(cn: str, role: str | None = None) -> x509.Name:
+    attrs = [x509.NameAttribute(NameOID.COMMON_NAME, cn)]
+    if role is not None:  # peers accept key advertisements only from site-role certificates (CN=<site>, OU=site)
+        attrs.append(x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, role))
+    return x509.Name(attrs)
 
 
 class Identities:
@@ -44,7 +47,7 @@ class Identities:
         self.keys: dict[str, tuple[ec.EllipticCurvePrivateKey, bytes]] = {}
         for site in sites:
             key = ec.generate_private_key(ec.SECP256R1())
-            cert = (x509.CertificateBuilder().subject_name(_name(site)).issuer_name(ca.subject)
+            cert = (x509.CertificateBuilder().subject_name(_name(site, "site")).issuer_name(ca.subject)
                     .public_key(key.public_key()).serial_number(x509.random_serial_number())
                     .not_valid_before(now - dt.timedelta(days=1)).not_valid_after(now + dt.timedelta(days=30))
                     .sign(ca_key, hashes.SHA256()))
@@ -57,8 +60,10 @@ def mask_context(broadcast_bytes: bytes | None) -> bytes:
 
 
 def secure_sum(ids: Identities, sites: Sequence[str], vectors_of: VectorsOf, weight_scale: float, clip: float,
-               min_frac_bits: int, context: bytes = b"", threshold: int | None = None) -> tuple[dict[str, np.ndarray], int]:
-    """Σ over ``sites`` of their vectors (each divided by ``weight_scale``) through SecAgg; and the clipped count."""
+               min_frac_bits: int, context: bytes = b"", threshold: int | None = None
+               ) -> tuple[dict[str, np.ndarray], int, bytes]:
+    """Σ over ``sites`` of their vectors (each divided by ``weight_scale``) through SecAgg; the clipped count; and
+    the session id (the public randomness sketching rules derive Ω from, on both halves)."""
     cohort = sorted(sites)
     layout_vectors = {k: np.asarray(v, np.float64) for k, v in vectors_of(cohort[0], b"").items()}
     layout = sa.VectorLayout.of(layout_vectors)
@@ -66,7 +71,11 @@ def secure_sum(ids: Identities, sites: Sequence[str], vectors_of: VectorsOf, wei
                                threshold=min(threshold, len(cohort)) if threshold else None)
     server = sa.ServerSession([sa.SiteId(s) for s in cohort], params, layout, ca_cert_pem=ids.ca_pem,
                               mask_context=context)
-    clients = {s: sa.ClientSession(sa.SiteId(s), ids.keys[s][0], ids.keys[s][1], ids.ca_pem, mask_context=context)
+    # Every simulated site runs the real client, with the floor the federation itself would announce (at least
+    # two sites); a deployment's sites keep their own, stricter [privacy] floor.
+    policy = sa.ClientPolicy(min_sites=min(len(cohort), 3) if len(cohort) >= 2 else 1)
+    clients = {s: sa.ClientSession(sa.SiteId(s), ids.keys[s][0], ids.keys[s][1], ids.ca_pem, mask_context=context,
+                                   policy=policy)
                for s in cohort}
     announce = server.start()
     for s in cohort:
@@ -80,12 +89,16 @@ def secure_sum(ids: Identities, sites: Sequence[str], vectors_of: VectorsOf, wei
         server.receive(sa.SiteId(s), reply)
     for s, routed in server.route_shares().items():
         server.receive(s, clients[s].handle(routed))
+    consistency = server.request_consistency()  # each survivor signs the survivor set it was shown
+    for s in consistency.survivors:
+        server.receive(s, clients[s].handle(consistency))
     request = server.request_unmask()
     for s in request.survivors:
         server.receive(s, clients[s].handle(request))
     result = server.finish()
     clipped = sum(int(c.clipped or 0) for c in clients.values())
-    return {k: np.asarray(v, np.float64) for k, v in result.sums.items()}, clipped
+    assert server.session_id is not None
+    return {k: np.asarray(v, np.float64) for k, v in result.sums.items()}, clipped, server.session_id
 
 
 def plain_sum(sites: Sequence[str], vectors_of: VectorsOf) -> dict[str, np.ndarray]:

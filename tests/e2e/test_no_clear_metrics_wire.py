@@ -1,7 +1,7 @@
 """Issue 11, must-show 2: every byte the coordinator receives in a 3-site DP round under SecAgg, recorded.
 
-The Federation servicer is wrapped before the coordinator starts, so each request message (every
-Upload chunk included) is serialised exactly as it arrived. The agents run for real (PEFT + Opacus
+Every Federation handler of the async edge is wrapped before the coordinator starts, so each request (every
+Upload chunk included) is recorded as the raw bytes that arrived. The agents run for real (PEFT + Opacus
 DP-SGD + SecAgg). Among those bytes there must be no per-site loss, metric or count: only the
 enrolment facts of Hello, the DP report (a property of the site's configuration and its public
 sample count), layouts, public keys, signatures, encrypted shares, revealed shares and masked
@@ -13,13 +13,14 @@ from __future__ import annotations
 import json
 import struct
 import threading
-from typing import Any, Iterable, Iterator
+from typing import Any, AsyncIterator
 
+import grpc
 import pytest
 
 from fedquilt.agent.loop import AgentLoop
 from fedquilt.proto import federation_pb2 as pb
-from fedquilt.proto import federation_pb2_grpc as pb_grpc
+from fedquilt.coordinator.servicer import FederationService
 from fedquilt.proto import secagg_pb2 as spb
 from fedquilt.proto import tensors_pb2 as tpb
 
@@ -34,37 +35,43 @@ SUBMIT_PAYLOAD = {pb.DECLARE_LAYOUT: spb.LayoutDeclaration, pb.SECAGG_ADVERTISE:
 
 
 class Recording:
-    """Wraps the Federation servicer: records (method, serialized request) for every request message."""
+    """Wraps every Federation handler of the async edge: records (method, raw request bytes) as they arrive.
 
-    def __init__(self, inner: Any, log: list[tuple[str, bytes]]) -> None:
-        self.inner, self.log, self.lock = inner, log, threading.Lock()
+    The edge's handlers take the wire bytes themselves (no deserializer), so this is exactly what the
+    coordinator received, message by message, every Upload chunk included."""
 
-    def _keep(self, method: str, message: Any) -> None:
+    def __init__(self, log: list[tuple[str, bytes]]) -> None:
+        self.log, self.lock = log, threading.Lock()
+
+    def _keep(self, method: str, raw: bytes) -> None:
         with self.lock:
-            self.log.append((method, message.SerializeToString()))
+            self.log.append((method, bytes(raw)))
 
-    def Hello(self, request: Any, context: Any) -> Any:
-        self._keep("Hello", request)
-        return self.inner.Hello(request, context)
+    def wrap(self, method: str, handler: Any) -> Any:
+        if handler.unary_unary is not None:
+            inner_uu = handler.unary_unary
 
-    def WaitForTask(self, request: Any, context: Any) -> Any:
-        self._keep("WaitForTask", request)
-        return self.inner.WaitForTask(request, context)
+            async def unary(raw: bytes, context: Any) -> Any:
+                self._keep(method, raw)
+                return await inner_uu(raw, context)
+            return grpc.unary_unary_rpc_method_handler(unary)
+        if handler.unary_stream is not None:
+            inner_us = handler.unary_stream
 
-    def Download(self, request: Any, context: Any) -> Iterator[Any]:
-        self._keep("Download", request)
-        return self.inner.Download(request, context)  # type: ignore[no-any-return]
+            async def unary_stream(raw: bytes, context: Any) -> AsyncIterator[Any]:
+                self._keep(method, raw)
+                async for reply in inner_us(raw, context):
+                    yield reply
+            return grpc.unary_stream_rpc_method_handler(unary_stream)
+        inner_su = handler.stream_unary
 
-    def Submit(self, request: Any, context: Any) -> Any:
-        self._keep("Submit", request)
-        return self.inner.Submit(request, context)
-
-    def Upload(self, request_iterator: Iterable[Any], context: Any) -> Any:
-        def recorded() -> Iterator[Any]:
-            for chunk in request_iterator:
-                self._keep("Upload", chunk)
-                yield chunk
-        return self.inner.Upload(recorded(), context)
+        async def stream_unary(requests: AsyncIterator[bytes], context: Any) -> Any:
+            async def recorded() -> AsyncIterator[bytes]:
+                async for raw in requests:
+                    self._keep(method, raw)
+                    yield raw
+            return await inner_su(recorded(), context)
+        return grpc.stream_unary_rpc_method_handler(stream_unary)
 
 
 def _encodings(value: float) -> list[bytes]:
@@ -76,9 +83,10 @@ def _encodings(value: float) -> list[bytes]:
 
 def test_coordinator_receives_no_per_site_metric(federation, monkeypatch) -> None:
     log: list[tuple[str, bytes]] = []
-    original = pb_grpc.add_FederationServicer_to_server
-    monkeypatch.setattr(pb_grpc, "add_FederationServicer_to_server",
-                        lambda servicer, srv: original(Recording(servicer, log), srv))
+    recording = Recording(log)
+    original = FederationService.handlers
+    monkeypatch.setattr(FederationService, "handlers",
+                        lambda self: {m: recording.wrap(m, h) for m, h in original(self).items()})
     truth: dict[str, dict[str, Any]] = {}
     train = AgentLoop._train
 

@@ -117,7 +117,9 @@ def test_site_dropping_between_the_two_sums_discards_the_round(federation, tmp_p
 def test_single_pass_round_survives_a_site_killed_during_the_secure_sum(federation, tmp_path: Path) -> None:
     from fedquilt.coordinator.steps import Step
 
-    fed = federation(sites=3, rule="secure-stack", rounds=1, min_sites=3, min_contributors=2,
+    # Four sites: each site's own floor (3 signatures on the survivor set before it reveals) must still be met
+    # once one is gone; with three, the honest two would rightly refuse to unmask.
+    fed = federation(sites=4, rule="secure-stack", rounds=1, min_sites=4, min_contributors=2,
                      timeouts=(240.0, 6.0), train={"local_steps": 2, "batch_size": 8, "lr": 3e-3})
     orch = fed.running.orchestrator
     with agent_processes(fed, tmp_path) as procs:
@@ -138,5 +140,5 @@ def test_single_pass_round_survives_a_site_killed_during_the_secure_sum(federati
     first = orch.history[0]
     assert first["version"] == "v0001", first  # the two-pass rule discards this round ("participants changed")
     manifest = fed.running.store.manifest(fed.files.model, "v0001")
-    assert manifest["contributors"] == 3, manifest  # its masked input counts; the others' shares unmask it
-    assert manifest["secure_aggregation"]["sites"] == 3
+    assert manifest["contributors"] == 4, manifest  # its masked input counts; the others' shares unmask it
+    assert manifest["secure_aggregation"]["sites"] == 4
