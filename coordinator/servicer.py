@@ -306,6 +306,7 @@ class ModelsService:
             files[name] = self.store.read(model, version, name)
         if self.crl_path is not None and self.crl_path.exists() and "crl.pem" not in files:
             files["crl.pem"] = self.crl_path.read_bytes()
+        self.edge.metrics.record_bytes(Direction.SENT, sum(len(body) for body in files.values()))
         return [pb.FileChunk(path=name, data=chunk.data, offset=chunk.offset, file_size=chunk.total_size,
                              sha256=chunk.sha256, version=version)
                 for name, body in files.items() for chunk in codec.chunks(body, self.edge.chunk_bytes)]
