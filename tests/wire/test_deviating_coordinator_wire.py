@@ -1,0 +1,170 @@
+"""Issue 11 over mTLS gRPC: a deviating coordinator tries to make a site reveal too much; the real agent refuses.
+
+Plays a real coordinator on port 0 (as ``fedquilt coordinator serve`` starts it) whose secure-sum round state
+is tampered with from the test (``secure_agg.ServerSession`` messages altered before they are relayed), and
+sites driven by the agent's real ``SecureSumClient`` over the agent's real ``Transport``. Every assertion is on
+what the coordinator actually received (``SecureSum.message`` / ``SecureSum.refuse`` are recorded).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from fedquilt import secagg_wire
+from fedquilt import secure_agg as sa
+from fedquilt.agent.secure_sum import SecureSumClient
+from fedquilt.agent.transport import Transport
+from fedquilt.coordinator import secure_sum as coord_ss
+from fedquilt.proto import codec
+from fedquilt.proto import federation_pb2 as pb
+from fedquilt.strategies.base import RoundContext
+
+SITES = ("site-0", "site-1")
+
+
+@pytest.fixture
+def received(monkeypatch: pytest.MonkeyPatch) -> dict[str, list[tuple[str, str, bytes]]]:
+    """Every stage reply and refusal the coordinator's ``SecureSum`` received: (site, stage, payload/reason)."""
+    log: dict[str, list[tuple[str, str, bytes]]] = {"messages": [], "refusals": []}
+    message, refuse = coord_ss.SecureSum.message, coord_ss.SecureSum.refuse
+
+    def spy_message(self: Any, site: Any, kind: Any, payload: bytes) -> None:
+        log["messages"].append((str(site), kind.value, payload))
+        message(self, site, kind, payload)
+
+    def spy_refuse(self: Any, site: Any, kind: Any, reason: str) -> None:
+        log["refusals"].append((str(site), kind.value, reason.encode()))
+        refuse(self, site, kind, reason)
+
+    monkeypatch.setattr(coord_ss.SecureSum, "message", spy_message)
+    monkeypatch.setattr(coord_ss.SecureSum, "refuse", spy_refuse)
+    return log
+
+
+def _agents(w: Any, policy: sa.ClientPolicy, sites: tuple[str, ...] = SITES) -> dict[str, tuple[SecureSumClient, Any]]:
+    """Per site: the agent's real secure-sum client and a loop with its real transport (vectors: ``w.tensors``)."""
+    ca = (w.files.ca_dir / "ca.pem").read_bytes()
+    out: dict[str, tuple[SecureSumClient, Any]] = {}
+    for i, who in enumerate(sites):
+        cert, key = w.cert(who)
+        out[who] = (SecureSumClient(ca, cert.read_bytes(), key.read_bytes(), policy=policy),
+                    SimpleNamespace(transport=Transport(w.channel(who)), site=who,
+                                    _vectors=lambda work, phase, ctx, i=i: w.tensors(seed=i),
+                                    audit=lambda *args: None))
+    return out
+
+
+def _to_advertise(w: Any) -> dict[str, pb.Task]:
+    tasks = w.next_stage(w.open_round(), pb.DECLARE_LAYOUT)
+    layout = codec.encode_layout(codec.layout_of(w.tensors()))
+    for who, task in tasks.items():
+        ack = w.fed(who).Submit(pb.SubmitRequest(round_id=task.round_id, step=task.step, kind=task.kind,
+                                                 payload=layout), timeout=5)
+        assert ack.accepted
+    return {who: w.wait_for(who, pb.SECAGG_ADVERTISE, task.step) for who, task in tasks.items()}
+
+
+def test_announce_with_threshold_one_is_refused_before_any_key(coordinator: Any, received: Any,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """(c1) The coordinator announces a 2-site sum with threshold 1 (one site's "sum" decodes alone): both
+    agents, whose own floor (2 sites) the cohort meets, refuse before advertising a key."""
+    start = sa.ServerSession.start
+
+    def lying_start(self: Any) -> sa.Announce:
+        honest = start(self)
+        return dataclasses.replace(honest, params=dataclasses.replace(honest.params, threshold=1))
+
+    monkeypatch.setattr(sa.ServerSession, "start", lying_start)
+    w = coordinator(secagg=True, timeouts=(60.0, 30.0))
+    ads = _to_advertise(w)
+    for who, (client, loop) in _agents(w, sa.ClientPolicy(min_sites=2)).items():
+        task = ads[who]
+        client(loop, SimpleNamespace(spec=codec.decode_spec(task.spec_json)), task)
+        assert client.session is None
+    advertise = [m for m in received["messages"] if m[1] == "SECAGG_ADVERTISE"]
+    assert advertise == []  # no key advertisement reached the coordinator
+    assert sorted((s, k) for s, k, _ in received["refusals"]) == [(s, "SECAGG_ADVERTISE") for s in SITES]
+    assert all(b"threshold 1 is not above 0.5 x 2 sites" in r for _, _, r in received["refusals"])
+    history = w.wait_history(within=10)
+    assert history[-1]["version"] is None and "0 sites advertised keys" in history[-1]["discarded"]
+
+
+THREE = ("site-0", "site-1", "site-2")
+LIES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "site-0": (("site-0", "site-1"), ("site-2",)),  # to learn site-2's mask key and site-1's self-mask seed
+    "site-1": (("site-1", "site-2"), ("site-0",)),
+    "site-2": (("site-0", "site-1", "site-2"), ()),
+}
+"""The (survivors, dropped) lists the deviating coordinator shows each site; every site did send masked input."""
+
+
+def _lie_per_site(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make the coordinator show each site its own survivor list (``LIES``), accept every signature unchecked,
+    and relay to each site exactly the signatures of its list's members (the most that could convince it)."""
+    def accept_unchecked(self: Any, site: Any, msg: Any) -> None:
+        self._signatures[site] = msg.signature
+
+    next_ = coord_ss.SecureSum._next
+
+    def lying_next(self: Any, stage: Any, payloads: dict[Any, bytes]) -> Any:
+        if stage.value in ("SECAGG_CONSISTENCY", "SECAGG_UNMASK"):
+            kind = "ConsistencyRequest" if stage.value == "SECAGG_CONSISTENCY" else "UnmaskRequest"
+            lied = {}
+            for site, payload in payloads.items():
+                honest = secagg_wire.decode_secagg(kind, payload)
+                survivors, dropped = LIES[str(site)]
+                fields: dict[str, Any] = {"survivors": survivors, "dropped": dropped}
+                if kind == "UnmaskRequest":
+                    fields["signatures"] = tuple((s, sig) for s, sig in honest.signatures if s in survivors)
+                lied[site] = secagg_wire.encode_secagg(dataclasses.replace(honest, **fields))
+            payloads = lied
+        return next_(self, stage, payloads)
+
+    monkeypatch.setattr(sa.ServerSession, "_accept_signature", accept_unchecked)
+    monkeypatch.setattr(coord_ss.SecureSum, "_next", lying_next)
+
+
+def _step_all(w: Any, agents: dict[str, tuple[SecureSumClient, Any]], works: dict[str, Any],
+              tasks: dict[str, pb.Task], kind: int) -> dict[str, pb.Task]:
+    """Wait for every site's ``kind`` step and let its real secure-sum client answer it over gRPC."""
+    nxt = {who: w.wait_for(who, kind, task.step) for who, task in tasks.items()}
+    for who, task in nxt.items():
+        client, loop = agents[who]
+        client(loop, works[who], task)
+    return nxt
+
+
+def test_different_survivor_lists_shown_to_sites_reveal_nothing(coordinator: Any, received: Any,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """(c2) Three sites all send masked input; the coordinator shows each a different survivor list in the
+    consistency and unmask stages. Each site sees only its own valid signature on its list: none reveals a share,
+    each refuses the unmask stage, and the round is not published."""
+    _lie_per_site(monkeypatch)
+    w = coordinator(secagg=True, timeouts=(60.0, 30.0), federation={"min_sites": 3})
+    agents = _agents(w, sa.ClientPolicy(min_sites=2), THREE)
+    trained = w.open_round(THREE)
+    works = {who: SimpleNamespace(spec=codec.decode_spec(t.spec_json), n=10, metrics={}, broadcast_digests={},
+                                  ctx=RoundContext(round=1, shapes={}, ranks={}))  # only the stand-in vectors read it
+             for who, t in trained.items()}
+    for who, task in trained.items():
+        w.train_done(who, task)
+    tasks = trained
+    for kind in (pb.DECLARE_LAYOUT, pb.SECAGG_ADVERTISE, pb.SECAGG_SHARE, pb.SECAGG_MASKED, pb.SECAGG_CONSISTENCY,
+                 pb.SECAGG_UNMASK):
+        tasks = _step_all(w, agents, works, tasks, kind)
+    stages = [(s, k) for s, k, _ in received["messages"]]
+    for kind in ("SECAGG_ADVERTISE", "SECAGG_SHARE", "SECAGG_CONSISTENCY"):  # the sum got as far as the lie
+        assert sorted(s for s, k in stages if k == kind) == list(THREE)
+    revealed = [secagg_wire.decode_secagg("RevealedShares", p) for _, k, p in received["messages"] if k == "SECAGG_UNMASK"]
+    assert [(r.sender, r.self_mask_shares, r.mask_key_shares) for r in revealed
+            if r.self_mask_shares or r.mask_key_shares] == []  # not one share reached the coordinator
+    assert sorted((s, k) for s, k, _ in received["refusals"]) == [(s, "SECAGG_UNMASK") for s in THREE]
+    assert all(b"did not sign the survivor set" in r or b"survivors signed the survivor set, need 2" in r
+               for _, _, r in received["refusals"]), received["refusals"]
+    history = w.wait_history(within=10)
+    assert history[-1]["version"] is None and history[-1]["discarded"]
+    assert w.running.store.versions(w.files.model) == []
