@@ -81,14 +81,15 @@ def test_announce_with_threshold_one_is_refused_before_any_key(coordinator: Any,
     monkeypatch.setattr(sa.ServerSession, "start", lying_start)
     w = coordinator(secagg=True, timeouts=(60.0, 30.0))
     ads = _to_advertise(w)
-    for who, (client, loop) in _agents(w, sa.ClientPolicy(min_sites=2)).items():
+    agents = _agents(w, sa.ClientPolicy(min_sites=2))
+    for who, (client, loop) in agents.items():
         task = ads[who]
         client(loop, SimpleNamespace(spec=codec.decode_spec(task.spec_json)), task)
-        assert client.session is None
     advertise = [m for m in received["messages"] if m[1] == "SECAGG_ADVERTISE"]
     assert advertise == []  # no key advertisement reached the coordinator
     assert sorted((s, k) for s, k, _ in received["refusals"]) == [(s, "SECAGG_ADVERTISE") for s in SITES]
     assert all(b"threshold 1 is not above 0.5 x 2 sites" in r for _, _, r in received["refusals"])
+    assert all(client.session is None for client, _ in agents.values())  # no session (and no key) kept
     history = w.wait_history(within=10)
     assert history[-1]["version"] is None and "0 sites advertised keys" in history[-1]["discarded"]
 
@@ -104,9 +105,12 @@ LIES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
 
 def _lie_per_site(monkeypatch: pytest.MonkeyPatch) -> None:
     """Make the coordinator show each site its own survivor list (``LIES``), accept every signature unchecked,
-    and relay to each site exactly the signatures of its list's members (the most that could convince it)."""
+    keep any revealed share unchecked, and relay to each site exactly the signatures of its list's members (the most that could convince it)."""
     def accept_unchecked(self: Any, site: Any, msg: Any) -> None:
         self._signatures[site] = msg.signature
+
+    def keep_revealed(self: Any, site: Any, msg: Any) -> None:
+        pass  # a deviating coordinator keeps whatever shares it is given (the spy has recorded them)
 
     next_ = coord_ss.SecureSum._next
 
@@ -125,6 +129,7 @@ def _lie_per_site(monkeypatch: pytest.MonkeyPatch) -> None:
         return next_(self, stage, payloads)
 
     monkeypatch.setattr(sa.ServerSession, "_accept_signature", accept_unchecked)
+    monkeypatch.setattr(sa.ServerSession, "_accept_revealed", keep_revealed)
     monkeypatch.setattr(coord_ss.SecureSum, "_next", lying_next)
 
 
