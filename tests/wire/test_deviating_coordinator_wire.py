@@ -9,13 +9,16 @@ what the coordinator actually received (``SecureSum.message`` / ``SecureSum.refu
 from __future__ import annotations
 
 import dataclasses
+import threading
 from types import SimpleNamespace
 from typing import Any
 
+import grpc
 import pytest
 
 from fedquilt import secagg_wire
 from fedquilt import secure_agg as sa
+from fedquilt.agent.loop import AgentLoop
 from fedquilt.agent.secure_sum import SecureSumClient
 from fedquilt.agent.transport import Transport
 from fedquilt.coordinator import secure_sum as coord_ss
@@ -26,18 +29,28 @@ from fedquilt.strategies.base import RoundContext
 SITES = ("site-0", "site-1")
 
 
+Received = dict[str, list[tuple[str, str, bytes, int]]]
+"""``messages`` and ``refusals``: (site, stage, payload or reason, index of the phase's secure sum: 0, 1, ...)."""
+
+
 @pytest.fixture
-def received(monkeypatch: pytest.MonkeyPatch) -> dict[str, list[tuple[str, str, bytes]]]:
-    """Every stage reply and refusal the coordinator's ``SecureSum`` received: (site, stage, payload/reason)."""
-    log: dict[str, list[tuple[str, str, bytes]]] = {"messages": [], "refusals": []}
+def received(monkeypatch: pytest.MonkeyPatch) -> Received:
+    """Every stage reply and refusal the coordinator's ``SecureSum`` objects received."""
+    log: Received = {"messages": [], "refusals": []}
+    sums: list[int] = []
     message, refuse = coord_ss.SecureSum.message, coord_ss.SecureSum.refuse
 
+    def index(obj: Any) -> int:
+        if id(obj) not in sums:
+            sums.append(id(obj))
+        return sums.index(id(obj))
+
     def spy_message(self: Any, site: Any, kind: Any, payload: bytes) -> None:
-        log["messages"].append((str(site), kind.value, payload))
+        log["messages"].append((str(site), kind.value, payload, index(self)))
         message(self, site, kind, payload)
 
     def spy_refuse(self: Any, site: Any, kind: Any, reason: str) -> None:
-        log["refusals"].append((str(site), kind.value, reason.encode()))
+        log["refusals"].append((str(site), kind.value, reason.encode(), index(self)))
         refuse(self, site, kind, reason)
 
     monkeypatch.setattr(coord_ss.SecureSum, "message", spy_message)
@@ -68,7 +81,7 @@ def _to_advertise(w: Any) -> dict[str, pb.Task]:
     return {who: w.wait_for(who, pb.SECAGG_ADVERTISE, task.step) for who, task in tasks.items()}
 
 
-def test_announce_with_threshold_one_is_refused_before_any_key(coordinator: Any, received: Any,
+def test_announce_with_threshold_one_is_refused_before_any_key(coordinator: Any, received: Received,
                                                                monkeypatch: pytest.MonkeyPatch) -> None:
     """(c1) The coordinator announces a 2-site sum with threshold 1 (one site's "sum" decodes alone): both
     agents, whose own floor (2 sites) the cohort meets, refuse before advertising a key."""
@@ -87,8 +100,8 @@ def test_announce_with_threshold_one_is_refused_before_any_key(coordinator: Any,
         client(loop, SimpleNamespace(spec=codec.decode_spec(task.spec_json)), task)
     advertise = [m for m in received["messages"] if m[1] == "SECAGG_ADVERTISE"]
     assert advertise == []  # no key advertisement reached the coordinator
-    assert sorted((s, k) for s, k, _ in received["refusals"]) == [(s, "SECAGG_ADVERTISE") for s in SITES]
-    assert all(b"threshold 1 is not above 0.5 x 2 sites" in r for _, _, r in received["refusals"])
+    assert sorted((s, k) for s, k, *_ in received["refusals"]) == [(s, "SECAGG_ADVERTISE") for s in SITES]
+    assert all(b"threshold 1 is not above 0.5 x 2 sites" in r for _, _, r, _ in received["refusals"])
     assert all(client.session is None for client, _ in agents.values())  # no session (and no key) kept
     history = w.wait_history(within=10)
     assert history[-1]["version"] is None and "0 sites advertised keys" in history[-1]["discarded"]
@@ -104,8 +117,9 @@ LIES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
 
 
 def _lie_per_site(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Make the coordinator show each site its own survivor list (``LIES``), accept every signature unchecked,
-    keep any revealed share unchecked, and relay to each site exactly the signatures of its list's members (the most that could convince it)."""
+    """Make the coordinator show each site its own survivor list (``LIES``), accept every signature and keep any
+    revealed share unchecked, and relay to each site exactly the signatures of its list's members (the most that
+    could convince it)."""
     def accept_unchecked(self: Any, site: Any, msg: Any) -> None:
         self._signatures[site] = msg.signature
 
@@ -143,7 +157,7 @@ def _step_all(w: Any, agents: dict[str, tuple[SecureSumClient, Any]], works: dic
     return nxt
 
 
-def test_different_survivor_lists_shown_to_sites_reveal_nothing(coordinator: Any, received: Any,
+def test_different_survivor_lists_shown_to_sites_reveal_nothing(coordinator: Any, received: Received,
                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     """(c2) Three sites all send masked input; the coordinator shows each a different survivor list in the
     consistency and unmask stages. Each site sees only its own valid signature on its list: none reveals a share,
@@ -161,15 +175,61 @@ def test_different_survivor_lists_shown_to_sites_reveal_nothing(coordinator: Any
     for kind in (pb.DECLARE_LAYOUT, pb.SECAGG_ADVERTISE, pb.SECAGG_SHARE, pb.SECAGG_MASKED, pb.SECAGG_CONSISTENCY,
                  pb.SECAGG_UNMASK):
         tasks = _step_all(w, agents, works, tasks, kind)
-    stages = [(s, k) for s, k, _ in received["messages"]]
-    for kind in ("SECAGG_ADVERTISE", "SECAGG_SHARE", "SECAGG_CONSISTENCY"):  # the sum got as far as the lie
-        assert sorted(s for s, k in stages if k == kind) == list(THREE)
-    revealed = [secagg_wire.decode_secagg("RevealedShares", p) for _, k, p in received["messages"] if k == "SECAGG_UNMASK"]
+    stages = [(s, k) for s, k, *_ in received["messages"]]
+    for stage in ("SECAGG_ADVERTISE", "SECAGG_SHARE", "SECAGG_CONSISTENCY"):  # the sum got as far as the lie
+        assert sorted(s for s, k in stages if k == stage) == list(THREE)
+    revealed = [secagg_wire.decode_secagg("RevealedShares", p) for _, k, p, _ in received["messages"]
+                if k == "SECAGG_UNMASK"]
     assert [(r.sender, r.self_mask_shares, r.mask_key_shares) for r in revealed
             if r.self_mask_shares or r.mask_key_shares] == []  # not one share reached the coordinator
-    assert sorted((s, k) for s, k, _ in received["refusals"]) == [(s, "SECAGG_UNMASK") for s in THREE]
+    assert sorted((s, k) for s, k, *_ in received["refusals"]) == [(s, "SECAGG_UNMASK") for s in THREE]
     assert all(b"did not sign the survivor set" in r or b"survivors signed the survivor set, need 2" in r
-               for _, _, r in received["refusals"]), received["refusals"]
+               for _, _, r, _ in received["refusals"]), received["refusals"]
     history = w.wait_history(within=10)
+    assert history[-1]["version"] is None and history[-1]["discarded"]
+    assert w.running.store.versions(w.files.model) == []
+
+
+class DropsAfterFirstSum(AgentLoop):
+    """A site that goes silent after the first secure sum of a two-pass round (it answers nothing of phase 1)."""
+
+    def _handle(self, task: pb.Task) -> None:
+        if task.phase > 0 and task.kind != pb.ROUND_DONE:
+            return
+        super()._handle(task)
+
+
+def _serve(loop: AgentLoop) -> None:
+    try:
+        loop.run()
+    except grpc.RpcError:  # the test stopped the coordinator
+        pass
+
+
+def test_two_pass_with_a_site_dropping_between_the_sums_is_refused_in_phase_one(coordinator: Any,
+                                                                               received: Received) -> None:
+    """(d) Secure-stack with ``passes = 2``: three real agent loops finish the first sum, site-2 then drops, and
+    the coordinator announces the second sum over the two left (within every floor: 2 sites, threshold 2). Revealing
+    in phase 1 would let the coordinator subtract the survivors' sketch and get site-2's alone: both honest agents
+    refuse phase 1 before advertising a key; nothing of phase 1 but the layouts reaches the coordinator."""
+    w = coordinator(secagg=True, timeouts=(60.0, 3.0), federation={"min_sites": 3, "rule": "secure-stack",
+                                                                         "rule_params": {"passes": 2}})
+    loops = [w.standin(s, seed=i) for i, s in enumerate(THREE[:2])]
+    loops.append(w.standin("site-2", seed=2, loop_class=DropsAfterFirstSum))
+    for loop in loops:
+        loop.secure_sum.policy = sa.ClientPolicy(min_sites=2)  # so no floor but the first sum's members refuses
+    threads = [threading.Thread(target=_serve, args=(loop,), daemon=True) for loop in loops]
+    for t in threads:
+        t.start()
+    history = w.wait_history(within=40)
+    first = sorted((s, k) for s, k, _, i in received["messages"] if i == 0)
+    assert first == sorted((s, k) for s in THREE for k in ("DECLARE_LAYOUT", "SECAGG_ADVERTISE", "SECAGG_SHARE",
+                                                             "SECAGG_CONSISTENCY", "SECAGG_UNMASK"))
+    second = sorted((s, k) for s, k, _, i in received["messages"] if i == 1)
+    assert second == [("site-0", "DECLARE_LAYOUT"), ("site-1", "DECLARE_LAYOUT")]  # no key, share or reveal
+    assert sorted((s, k, i) for s, k, _, i in received["refusals"]) == [("site-0", "SECAGG_ADVERTISE", 1),
+                                                                        ("site-1", "SECAGG_ADVERTISE", 1)]
+    assert all(b"differs from the first secure sum's contributors (missing ['site-2']" in r
+               for _, _, r, _ in received["refusals"]), received["refusals"]
     assert history[-1]["version"] is None and history[-1]["discarded"]
     assert w.running.store.versions(w.files.model) == []
