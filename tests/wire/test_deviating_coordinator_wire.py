@@ -214,8 +214,9 @@ def test_two_pass_with_a_site_dropping_between_the_sums_is_refused_in_phase_one(
     refuse phase 1 before advertising a key; nothing of phase 1 but the layouts reaches the coordinator."""
     w = coordinator(secagg=True, timeouts=(60.0, 3.0), federation={"min_sites": 3, "rule": "secure-stack",
                                                                          "rule_params": {"passes": 2}})
-    loops = [w.standin(s, seed=i) for i, s in enumerate(THREE[:2])]
-    loops.append(w.standin("site-2", seed=2, loop_class=DropsAfterFirstSum))
+    quick = {"give_up_after": 0.5}  # the loops end soon after the fixture stops the coordinator
+    loops = [w.standin(s, seed=i, **quick) for i, s in enumerate(THREE[:2])]
+    loops.append(w.standin("site-2", seed=2, loop_class=DropsAfterFirstSum, **quick))
     for loop in loops:
         loop.secure_sum.policy = sa.ClientPolicy(min_sites=2)  # so no floor but the first sum's members refuses
     threads = [threading.Thread(target=_serve, args=(loop,), daemon=True) for loop in loops]
