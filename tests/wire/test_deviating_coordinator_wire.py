@@ -2,7 +2,8 @@
 
 Plays a real coordinator on port 0 (as ``fedquilt coordinator serve`` starts it) whose secure-sum round state
 is tampered with from the test (``secure_agg.ServerSession`` messages altered before they are relayed), and
-sites driven by the agent's real ``SecureSumClient`` over the agent's real ``Transport``. Every assertion is on
+sites driven by the agent's real ``SecureSumClient`` over the agent's real ``Transport`` (in the two-pass test,
+whole real ``AgentLoop``s around a stand-in trainer). Every assertion is on
 what the coordinator actually received (``SecureSum.message`` / ``SecureSum.refuse`` are recorded).
 """
 
