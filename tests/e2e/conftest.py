@@ -25,6 +25,8 @@ class Federation:
     running: server.RunningCoordinator
     loops: list[Any] = field(default_factory=list)
     threads: list[threading.Thread] = field(default_factory=list)
+    stopped: threading.Event = field(default_factory=threading.Event)
+    """Set at teardown: agent threads still retrying a stopped coordinator then end quietly."""
 
     @property
     def address(self) -> str:
@@ -38,10 +40,17 @@ class Federation:
             if which is not None and i not in which:
                 continue
             loop = build_loop(cfg, progress=False)
-            t = threading.Thread(target=loop.run, daemon=True, name=f"agent-{i}")
+            t = threading.Thread(target=self._serve, args=(loop,), daemon=True, name=f"agent-{i}")
             t.start()
             self.loops.append(loop)
             self.threads.append(t)
+
+    def _serve(self, loop: Any) -> None:
+        try:
+            loop.run()
+        except BaseException:
+            if not self.stopped.is_set():  # a failure while the test runs is the test's business
+                raise
 
     def wait_rounds(self, timeout: float = 240.0) -> list[dict[str, Any]]:
         deadline = time.monotonic() + timeout
@@ -82,4 +91,5 @@ def federation(tmp_path: Path, workspace_factory: Callable[..., Workspace]) -> I
 
     yield start
     for fed in started:
+        fed.stopped.set()
         fed.running.stop(grace=0.1)
