@@ -36,17 +36,23 @@ class RevocationSet:
 
 
 def load_crl(crl_pem: bytes, ca_cert: x509.Certificate) -> RevocationSet:
-    """Parse a CRL PEM; :class:`InvalidSignature` unless ``ca_cert`` issued and signed it."""
+    """Parse a CRL PEM; :class:`InvalidSignature` unless ``ca_cert`` issued and signed it.
+
+    ``cryptography`` parses a CRL lazily, so a corrupted one can fail at any field access (a bad
+    version, an unknown extension, a broken entry); every such failure is the same refusal.
+    """
     try:
         crl = x509.load_pem_x509_crl(crl_pem)
-    except ValueError as exc:
-        raise InvalidSignature(f"the revocation list is not a PEM CRL: {exc}") from None
-    public = ca_cert.public_key()
-    signed = isinstance(public, (ec.EllipticCurvePublicKey, ed25519.Ed25519PublicKey)) and crl.is_signature_valid(public)
-    if crl.issuer != ca_cert.subject or not signed:
-        raise InvalidSignature("the revocation list is not signed by the federation CA")
-    try:
-        number = int(crl.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number)
-    except x509.ExtensionNotFound:
-        number = 0
-    return RevocationSet(frozenset(e.serial_number for e in crl), number, crl.last_update_utc, crl.next_update_utc)
+        public = ca_cert.public_key()
+        signed = isinstance(public, (ec.EllipticCurvePublicKey, ed25519.Ed25519PublicKey)) and crl.is_signature_valid(public)
+        if crl.issuer != ca_cert.subject or not signed:
+            raise InvalidSignature("the revocation list is not signed by the federation CA")
+        try:
+            number = int(crl.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number)
+        except x509.ExtensionNotFound:
+            number = 0
+        serials = frozenset(e.serial_number for e in crl)
+        last_update, next_update = crl.last_update_utc, crl.next_update_utc
+    except (ValueError, KeyError, TypeError, x509.InvalidVersion) as exc:
+        raise InvalidSignature(f"the revocation list is not a well-formed PEM CRL: {type(exc).__name__}: {exc}") from None
+    return RevocationSet(serials, number, last_update, next_update)
