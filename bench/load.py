@@ -16,6 +16,7 @@ import json
 import logging
 import multiprocessing as mp
 import os
+import random
 import subprocess
 import sys
 import tempfile
@@ -33,7 +34,7 @@ FINGERPRINT = "b" * 64
 RANK = 4
 
 
-def _federation(root: Path, n: int, rule: str, rounds: int) -> Path:
+def _federation(root: Path, n: int, rule: str, rounds: int, drop: float = 0.0) -> Path:
     """CA, one certificate per site, and the coordinator's TOML (all sites in every round)."""
     from fedquilt.coordinator.pki import Role, init_ca, issue
 
@@ -47,8 +48,8 @@ def _federation(root: Path, n: int, rule: str, rounds: int) -> Path:
         "tls": {"ca": str(coord.ca), "cert": str(coord.cert), "key": str(coord.key), "crl": str(ca / "crl.pem")},
         "server": {"listen": "127.0.0.1:0", "metrics_listen": "127.0.0.1:0"},
         "federation": {"name": "load", "model": "load", "base_fingerprint": FINGERPRINT, "rule": rule,
-                       "rounds": rounds, "min_sites": n, "wait_for_sites": 600.0, "train_timeout": 600.0,
-                       "stage_timeout": 600.0, "target_shapes": {k: list(v) for k, v in SHAPES.items()},
+                       "rounds": rounds, "min_sites": n, "wait_for_sites": 600.0,
+                       "train_timeout": 20.0 if drop else 600.0, "stage_timeout": 8.0 if drop else 600.0, "target_shapes": {k: list(v) for k, v in SHAPES.items()},
                        "train": {"local_steps": 1}},
         "secagg": {"enabled": True},
     }
@@ -57,9 +58,34 @@ def _federation(root: Path, n: int, rule: str, rounds: int) -> Path:
     return path
 
 
-def _sites_worker(address: str, root: str, names: list[str], out: Any) -> None:
+def _dropping_loop(p: float) -> type:
+    """An ``AgentLoop`` that ignores each step with probability ``p`` (seeded per site)."""
+    import random
+
+    from fedquilt.agent.loop import AgentLoop
+
+    class DroppingLoop(AgentLoop):
+        dropped = 0
+        rng = random.Random(0)  # replaced per site by the worker
+
+        def _handle(self, task: Any) -> None:
+            from fedquilt.proto import federation_pb2 as pb
+
+            if task.kind != pb.ROUND_DONE and self.rng.random() < p:
+                DroppingLoop.dropped += 1
+                self.work = None  # out of this round from here on
+                return
+            super()._handle(task)
+
+    return DroppingLoop
+
+
+def _sites_worker(address: str, root: str, names: list[str], out: Any, drop: float = 0.0) -> None:
     """One worker process: a thread per site, each a real agent loop; reports what its sites logged."""
+    from fedquilt.agent.loop import AgentLoop
     from fedquilt.bench.standin import standin_loop
+
+    loop_class = _dropping_loop(drop) if drop else AgentLoop
 
     counts: dict[str, int] = {}
 
@@ -77,7 +103,8 @@ def _sites_worker(address: str, root: str, names: list[str], out: Any) -> None:
         try:
             loop = standin_loop(address, ca, (folder / f"{name}.pem").read_bytes(), (folder / f"{name}.key").read_bytes(),
                                 shapes=SHAPES, fingerprint=FINGERPRINT, state_dir=Path(root) / "agents" / name,
-                                rank=RANK, seed=i, n=10 + i % 7, give_up_after=120.0)
+                                rank=RANK, seed=i, n=10 + i % 7, give_up_after=120.0, loop_class=loop_class)
+            loop.rng = random.Random(i)  # type: ignore[attr-defined]
             loop.run()
         except Exception as exc:  # reported, not raised: the bench counts them
             failures.append(f"{name}: {type(exc).__name__}: {str(exc)[:120]}")
@@ -87,7 +114,7 @@ def _sites_worker(address: str, root: str, names: list[str], out: Any) -> None:
         t.start()
     for t in threads:
         t.join()
-    out.put({"failures": failures, "logged": counts})
+    out.put({"failures": failures, "logged": counts, "dropped_steps": getattr(loop_class, "dropped", 0)})
 
 
 def _proc_status(pid: int) -> tuple[float, int]:
@@ -112,19 +139,20 @@ def _status(state: Path) -> dict[str, Any] | None:
         return None
 
 
-def run_one(n: int, rule: str, rounds: int, procs: int, timeout: float) -> dict[str, Any]:
+def run_one(n: int, rule: str, rounds: int, procs: int, timeout: float, drop: float = 0.0) -> dict[str, Any]:
     """One federation of ``n`` stand-in sites for ``rounds`` rounds of ``rule``; its measurements."""
     with tempfile.TemporaryDirectory(prefix=f"load-{n}-") as tmp:
         root = Path(tmp)
         started = time.monotonic()
-        config = _federation(root, n, rule, rounds)
+        config = _federation(root, n, rule, rounds, drop)
         setup = time.monotonic() - started
         state = Path(tomllib.loads(config.read_text())["state_dir"])
         env = dict(os.environ, OMP_NUM_THREADS="1")
         log = (root / "coordinator.log").open("wb")
         coord = subprocess.Popen([sys.executable, "-m", "fedquilt.cli.main", "coordinator", "serve", "--exit-when-done",
                                   "--config", str(config)], stdout=log, stderr=subprocess.STDOUT, env=env)
-        result: dict[str, Any] = {"sites": n, "rule": rule, "rounds_planned": rounds, "setup_seconds": round(setup, 1)}
+        result: dict[str, Any] = {"sites": n, "rule": rule, "rounds_planned": rounds, "drop_per_step": drop,
+                                  "setup_seconds": round(setup, 1)}
         try:
             while not (state / "coordinator.port").exists():
                 if coord.poll() is not None:
@@ -135,7 +163,7 @@ def run_one(n: int, rule: str, rounds: int, procs: int, timeout: float) -> dict[
             ctx = mp.get_context("spawn")
             queue = ctx.Queue()
             names = [f"site-{i:04d}" for i in range(n)]
-            workers = [ctx.Process(target=_sites_worker, args=(address, str(root), names[k::procs], queue))
+            workers = [ctx.Process(target=_sites_worker, args=(address, str(root), names[k::procs], queue, drop))
                        for k in range(min(procs, n))]
             begun = time.monotonic()
             for w in workers:
@@ -163,6 +191,8 @@ def run_one(n: int, rule: str, rounds: int, procs: int, timeout: float) -> dict[
                     logged[k] = logged.get(k, 0) + v
             result.update({
                 "completed": sum(1 for h in history if h.get("version")),
+                "contributors": [h.get("contributors") for h in history if h.get("version")],
+                "dropped_steps": sum(int(rep.get("dropped_steps", 0)) for rep in reports),
                 "discarded": [h.get("discarded") for h in history if not h.get("version")],
                 "seconds_per_round": [h.get("seconds") for h in history if h.get("version")],
                 "wall_seconds": round(time.monotonic() - begun, 1),
@@ -191,17 +221,20 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--procs", type=int, default=4, help="worker processes the sites are spread over")
     parser.add_argument("--timeout", type=float, default=1200.0, help="seconds per (N, rule) before giving up")
+    parser.add_argument("--drop", type=float, default=0.0, help="probability that a site ignores each step it is given")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "load.json")
     args = parser.parse_args()
     results = []
     print(f"{'sites':>5} {'rule':<13} {'done':>4} {'s/round':<16} {'peak RSS':>9} {'threads':>7} {'warn':>5} failures")
     for n in [int(x) for x in args.sites.split(",")]:
         for rule in args.rules.split(","):
-            r = run_one(n, rule, args.rounds, args.procs, args.timeout)
+            r = run_one(n, rule, args.rounds, args.procs, args.timeout, args.drop)
             results.append(r)
             print(f"{n:>5} {rule:<13} {r.get('completed', 0):>4} {str(r.get('seconds_per_round')):<16} "
                   f"{r.get('coordinator_peak_rss_mib', 0):>6} MiB {r.get('coordinator_peak_threads', 0):>7} "
-                  f"{r.get('site_warnings', 0):>5} {len(r.get('site_failures', []))}", flush=True)
+                  f"{r.get('site_warnings', 0):>5} {len(r.get('site_failures', []))}"
+                  + (f"  dropped steps {r.get('dropped_steps')}, discarded rounds {len(r.get('discarded', []))}"
+                     if args.drop else ""), flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2))
     print(json.dumps(results))

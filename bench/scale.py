@@ -16,9 +16,13 @@
 4. Drops: probability that a round publishes with N sites and 1 % drops per stage (analytic; the
    in-memory SecAgg simulation is tests/secure_agg/test_secure_stack_drops.py).
 
-Not here: wall seconds per round on loopback with simulated sites — that needs the load driver
-(bench/load.py) of the bad-sites issue, not yet merged. ``--quick`` shrinks every sweep.
-Prints tables; writes bench/results/scale.json and, with matplotlib, docs/scale.png.
+5. With ``--loopback 100,200,500``: wall seconds per round on loopback, measured — a real
+   ``fedquilt coordinator serve`` process and N stand-in sites (the real agent loop, mTLS channel and
+   secure-sum client each, no training) from ``bench/load.py``, for secure-stack and fedit. Minutes
+   per N; off by default.
+
+``--quick`` shrinks every sweep. Prints tables; writes bench/results/scale.json and, with matplotlib,
+docs/scale.png.
 """
 
 from __future__ import annotations
@@ -257,6 +261,8 @@ def plot(doc: dict[str, Any], path: Path) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="small sweeps (CI smoke)")
+    ap.add_argument("--loopback", default="", help="comma-separated N: also measure wall seconds per round on "
+                    "loopback with N stand-in sites (bench/load.py; minutes per N)")
     args = ap.parse_args()
     torch.set_num_threads(1)
     ns = [10, 50, 200, 1000] if args.quick else [10, 20, 50, 100, 200, 500, 1000]
@@ -271,8 +277,15 @@ def main() -> None:
     table(doc["accuracy"], "relative error of the round update vs the exact stacked update (one 256x256 module, synthetic)")
     table([r for r in doc["rounds"] if r["round"] in (1, 2, 5, 10, 20, 30, 40, 50)], "rounds: published rank, error")
     table(doc["drops"], "probability a secure-stack round publishes, 1% drops per stage")
-    doc["plot"] = plot(doc, Path(__file__).resolve().parents[1] / "docs" / "scale.png")
-    doc["not_measured"] = "wall seconds per round on loopback (needs bench/load.py from the bad-sites issue)"
+    here = Path(__file__).resolve().parent  # --quick must not overwrite the documented plot
+    doc["plot"] = plot(doc, here / "results" / "scale-quick.png" if args.quick else here.parent / "docs" / "scale.png")
+    if args.loopback:
+        import load  # bench/load.py, beside this script
+
+        doc["loopback"] = [load.run_one(int(n), rule, 2, 4, 1800.0) for n in args.loopback.split(",")
+                           for rule in ("secure-stack", "fedit")]
+        table([{k: r.get(k) for k in ("sites", "rule", "completed", "seconds_per_round", "coordinator_peak_rss_mib")}
+               for r in doc["loopback"]], "loopback: wall seconds per round (real coordinator, stand-in sites)")
     out = Path(__file__).resolve().parent / "results" / ("scale-quick.json" if args.quick else "scale.json")
     out.write_text(json.dumps(doc, indent=2) + "\n")
     print(f"\nwrote {out}; plot: {doc['plot']}")

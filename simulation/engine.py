@@ -144,6 +144,8 @@ class Simulation:
         record = RoundRecord(round=rnd, contributors=len(cohort), seconds=0.0, clipped=clipped,
                              train_loss_before=float(np.mean(before)), train_loss_after=float(np.mean(after)),
                              info={k: v for k, v in out.info.items() if isinstance(v, (int, float, str, bool))})
+        if out.adapter:
+            record.info["published_rank"] = max(f.rank for f in out.adapter.values())
         return out, record
 
     def _phases(self, cohort: list[Site], ctx: RoundContext, glob: Aggregate | None,
