@@ -1,12 +1,15 @@
-"""Plaintext collection of one phase's vectors: a running float64 sum, or individual vectors.
+"""Plaintext phases (``phase.Phase``): a running float64 sum, or each site's own vectors.
 
 Sums are accumulated as uploads arrive (memory of one vector, not one per site). Individual
-vectors are kept only for rules that need them (plaintext ``stack``), never under SecAgg.
+vectors are kept only for rules that need them (plaintext ``stack``), never under SecAgg. A
+plaintext phase has one stage: every participant uploads (``UPLOAD_PLAIN``); it is done when all
+have, or at its deadline with whoever did.
 """
 
 from __future__ import annotations
 
 import hashlib
+import math
 from typing import Iterable, Mapping, Sequence
 
 import numpy as np
@@ -15,21 +18,27 @@ from ..proto.codec import decode_tensors
 from ..strategies.cohort_metrics import is_metric
 from ..strategies.base import N_KEY
 from ..strategies.saved_modules import is_saved_key, matches, module_of
-from .errors import Duplicate, InvalidRequest
-from .steps import SiteId
+from .errors import Duplicate, InvalidRequest, StaleStep
+from .phase import Layout, Moves, Phase, PhaseProgress, PhaseRequest, PhaseResult
+from .steps import SiteId, Step
 
 
 class PlainCollector:
-    """Collects float32 uploads for one phase from a fixed set of participants."""
+    """Sums float32 uploads for one phase from a fixed set of participants."""
 
-    def __init__(self, participants: set[SiteId], keep_individual: bool, modules: Iterable[str] = (),
-                 weights: Mapping[str, int] | None = None, saved: Iterable[str] = ()) -> None:
+    keep_individual = False
+
+    def __init__(self, participants: set[SiteId] | frozenset[SiteId], modules: Iterable[str] = (),
+                 weights: Mapping[str, int] | None = None, saved: Iterable[str] = (),
+                 deadline: float = math.inf) -> None:
         self.participants = set(participants)
+        self.deadline = deadline
+        """When the phase stops waiting for uploads."""
+        self._closed = False
         self.weights = dict(weights or {})
         """The count each site was assigned; its submitted ``N_KEY`` must equal it (empty: unchecked)."""
         self.modules = frozenset(modules)
         self.saved = tuple(saved)
-        self.keep_individual = keep_individual
         self.received: dict[SiteId, str] = {}
         self.sums: dict[str, np.ndarray] = {}
         self.individual: dict[SiteId, dict[str, np.ndarray]] = {}
@@ -44,17 +53,17 @@ class PlainCollector:
             raise Duplicate(f"{site} already uploaded different vectors for this phase")
         tensors = decode_tensors(payload)
         self._check(site, tensors)
-        if self.keep_individual:  # plaintext stack only: sites' factors may differ in rank, nothing is summed
-            self.individual[site] = tensors
-        else:
-            for name, value in tensors.items():
-                acc = self.sums.get(name)
-                if acc is None:
-                    self.sums[name] = value.astype(np.float64)  # a copy: the upload buffer is not kept
-                else:
-                    acc += value
+        self._keep(site, tensors)
         self.received[site] = digest
         return True
+
+    def _keep(self, site: SiteId, tensors: dict[str, np.ndarray]) -> None:
+        for name, value in tensors.items():
+            acc = self.sums.get(name)
+            if acc is None:
+                self.sums[name] = value.astype(np.float64)  # a copy: the upload buffer is not kept
+            else:
+                acc += value
 
     def _check(self, site: SiteId, tensors: Mapping[str, np.ndarray]) -> None:
         if not tensors:
@@ -90,6 +99,77 @@ class PlainCollector:
     def result(self) -> dict[str, np.ndarray]:
         """The phase's sums (float64)."""
         return self.sums
+
+    # ---- the Phase protocol -------------------------------------------------------------------
+
+    @property
+    def done(self) -> bool:
+        """Every participant uploaded, or the deadline passed (closed by ``advance``)."""
+        return self._closed
+
+    def start(self) -> Moves:
+        """Every participant uploads its vectors in float32."""
+        return {s: (Step.UPLOAD_PLAIN, b"") for s in self.participants}
+
+    def advance(self, now: float) -> Moves:
+        """Close the phase once everyone uploaded or at the deadline; no new steps."""
+        self._closed = self._closed or self.complete or now >= self.deadline
+        return {}
+
+    def upload_step(self, encoding: str) -> Step:
+        """Plaintext phases take FLOAT32 vectors only."""
+        if encoding != "FLOAT32":
+            raise InvalidRequest(f"this phase collects plaintext FLOAT32 vectors, not {encoding}")
+        return Step.UPLOAD_PLAIN
+
+    def upload_size(self, round_id: str) -> int | None:
+        """No exact size: the server's upload limit bounds a plaintext body."""
+        return None
+
+    def upload(self, site: SiteId, encoding: str, layout: Layout, payload: bytes) -> bool:
+        """One site's float32 tensors (``add``)."""
+        return self.add(site, payload)
+
+    takes_messages = False
+    """A plaintext phase has no stage messages (the round machine refuses them before they get here)."""
+
+    def message(self, site: SiteId, kind: Step, payload: bytes) -> None:
+        """Plaintext phases take no stage messages."""
+        raise StaleStep("this phase is not a secure sum")
+
+    def refuse(self, site: SiteId, kind: Step, reason: str) -> None:
+        """Plaintext phases have no stage to decline."""
+        raise StaleStep("this phase is not a secure sum")
+
+    def progress(self) -> PhaseProgress:
+        """The sites that uploaded."""
+        return PhaseProgress(sent=frozenset(self.received))
+
+    def outcome(self) -> PhaseResult:
+        """The sums of whoever uploaded."""
+        return PhaseResult(contributors=frozenset(self.received), sums=self.sums)
+
+
+class IndividualCollector(PlainCollector):
+    """Keeps each site's own vectors (plaintext ``stack``: sites' factors may differ in rank, nothing is summed)."""
+
+    keep_individual = True
+
+    def _keep(self, site: SiteId, tensors: dict[str, np.ndarray]) -> None:
+        self.individual[site] = tensors
+
+    def outcome(self) -> PhaseResult:
+        """Each uploader's own vectors."""
+        return PhaseResult(contributors=frozenset(self.received), sums={},
+                           individual={str(s): v for s, v in self.individual.items()})
+
+
+def plain_phase(request: PhaseRequest) -> Phase:
+    """The plaintext ``PhaseFactory``: a summing collector, or an individual one for a rule that needs it."""
+    kind = IndividualCollector if request.individual else PlainCollector
+    spec = request.spec
+    return kind(request.participants, modules=spec.shapes, weights=spec.weights, saved=spec.modules_to_save,
+                deadline=request.deadline)
 
 
 def check_names(site: str, layout: Mapping[str, tuple[int, ...]], modules: frozenset[str],

@@ -24,7 +24,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
-from typing import Any, Callable, Iterable
+from typing import Iterable
 
 import numpy as np
 
@@ -33,8 +33,10 @@ from .. import secure_agg as sa
 from ..proto import codec
 from ..strategies import cohort_metrics
 from .collect import check_names
+from .cohort import min_participants
 from .config import CoordinatorConfig
 from .errors import Duplicate, InvalidRequest, StaleStep
+from .phase import Layout, Moves, PhaseFactory, PhaseProgress, PhaseRequest, PhaseResult
 from .steps import SiteId, Step
 
 log = logging.getLogger("fedquilt.coordinator.secagg")
@@ -44,9 +46,11 @@ _REPLY_KIND = {Step.SECAGG_ADVERTISE: "KeyAdvertisement", Step.SECAGG_SHARE: "En
 
 
 class SecureSum:
-    """Collects one phase through a ``secure_agg.ServerSession``."""
+    """Collects one phase through a ``secure_agg.ServerSession`` (a ``phase.Phase``)."""
 
-    def __init__(self, participants: set[SiteId], *, modules: Iterable[str] = (), saved: Iterable[str] = (), clip: float,
+    takes_messages = True
+
+    def __init__(self, participants: set[SiteId] | frozenset[SiteId], *, modules: Iterable[str] = (), saved: Iterable[str] = (), clip: float,
                  min_frac_bits: int, threshold: int | None, ca_pem: bytes, mask_context: bytes, stage_timeout: float,
                  now: float, min_contributors: int = 2) -> None:
         self.participants = set(participants)
@@ -71,7 +75,7 @@ class SecureSum:
 
     # ---- steps handed to sites ----------------------------------------------------------------
 
-    def start(self) -> dict[SiteId, tuple[Step, bytes]]:
+    def start(self) -> Moves:
         """Every participant first declares its vector layout."""
         return {s: (Step.DECLARE_LAYOUT, b"") for s in self.participants}
 
@@ -106,7 +110,23 @@ class SecureSum:
         self.refusals[site] = reason[:500]
         self.expected.discard(site)
 
-    def masked_input(self, site: SiteId, encoding: str, layout: list[tuple[str, tuple[int, ...]]], payload: bytes) -> bool:
+    def upload_step(self, encoding: str) -> Step:
+        """Uploads to a secure sum are masked inputs (the encoding is checked with the body)."""
+        return Step.SECAGG_MASKED
+
+    def upload_size(self, round_id: str) -> int | None:
+        """The exact size of a masked input: the session id and one ring element per value."""
+        session = self.session
+        if session is None or self.stage is not Step.SECAGG_MASKED:
+            raise StaleStep(f"round {round_id} is not collecting masked input")
+        width = 4 if session.params.ring_bits == 32 else 8
+        return int(codec.SESSION_ID_BYTES + width * session.layout.size)
+
+    def upload(self, site: SiteId, encoding: str, layout: Layout, payload: bytes) -> bool:
+        """A masked input (``masked_input``)."""
+        return self.masked_input(site, encoding, layout, payload)
+
+    def masked_input(self, site: SiteId, encoding: str, layout: Layout, payload: bytes) -> bool:
         """A site's masked vector (an Upload stream); added to the running sum at once."""
         if self.stage is not Step.SECAGG_MASKED or self.session is None:
             raise StaleStep("secure sum is not collecting masked input")
@@ -119,7 +139,7 @@ class SecureSum:
         self._receive(site, sa.MaskedInput(session_id, sa.SiteId(site), vector))
         return True
 
-    def _receive(self, site: SiteId, msg: Any) -> None:
+    def _receive(self, site: SiteId, msg: sa.ClientMessage) -> None:
         assert self.session is not None
         try:
             self.session.receive(sa.SiteId(site), msg)
@@ -130,7 +150,7 @@ class SecureSum:
 
     # ---- the driver ---------------------------------------------------------------------------
 
-    def advance(self, now: float) -> dict[SiteId, tuple[Step, bytes]]:
+    def advance(self, now: float) -> Moves:
         """Close the stage when everyone expected answered or the deadline passed; returns new steps."""
         if self.done or (self.expected - self.heard and now < self.deadline):
             return {}
@@ -142,7 +162,7 @@ class SecureSum:
         self.deadline = now + self.stage_timeout
         return moves
 
-    def _close_stage(self) -> dict[SiteId, tuple[Step, bytes]]:
+    def _close_stage(self) -> Moves:
         if self.stage is Step.DECLARE_LAYOUT:
             return self._announce()
         assert self.session is not None
@@ -169,7 +189,7 @@ class SecureSum:
         self.done = True
         return {}
 
-    def _announce(self) -> dict[SiteId, tuple[Step, bytes]]:
+    def _announce(self) -> Moves:
         if not self.layouts:
             raise sa.ThresholdNotMet("no site declared its vector layout")
         counts: dict[str, list[SiteId]] = {}
@@ -195,7 +215,7 @@ class SecureSum:
         self.expected = agreeing
         return self._next(Step.SECAGG_ADVERTISE, {s: payload for s in agreeing})
 
-    def _next(self, stage: Step, payloads: dict[SiteId, bytes]) -> dict[SiteId, tuple[Step, bytes]]:
+    def _next(self, stage: Step, payloads: dict[SiteId, bytes]) -> Moves:
         self.stage = stage
         return {s: (stage, p) for s, p in payloads.items()}
 
@@ -216,7 +236,7 @@ class SecureSum:
         """Sites whose masked inputs are in the sum."""
         return set() if self.result_ is None else {SiteId(s) for s in self.result_.contributors}
 
-    def manifest_facts(self) -> dict[str, Any]:
+    def manifest_facts(self) -> dict[str, object]:
         """What the manifest records about this secure sum."""
         assert self.session is not None and self.result_ is not None
         p = self.session.params
@@ -225,23 +245,37 @@ class SecureSum:
                 "frac_bits": p.frac_bits, "clip": p.clip, "degree": p.degree}
 
 
+    # ---- the Phase protocol: progress and outcome ---------------------------------------------
+
+    def progress(self) -> PhaseProgress:
+        """Who answered the current stage, and the stage (``advertise``, ``masked``, …)."""
+        return PhaseProgress(sent=frozenset(self.heard), substep=self.stage.value.removeprefix("SECAGG_").lower())
+
+    def outcome(self) -> PhaseResult:
+        """The decoded sums, the cohort metrics summed with them and the manifest's facts."""
+        assert self.session is not None and self.done
+        return PhaseResult(contributors=frozenset(self.contributors()), sums=self.result(),
+                           count_resolution=float(2.0 ** -(self.session.params.frac_bits or 0)),  # resolved by SecAggParams
+                           cohort_metrics=self.cohort_metrics(), secure_facts=self.manifest_facts(),
+                           session=self.session.session_id)
+
+
 def secure_sum_floor(cfg: CoordinatorConfig) -> int:
     """The fewest sites a secure sum of this federation may decode (min_contributors, at least 2)."""
-    fed = cfg.federation
-    floor = fed.min_contributors if fed.min_contributors is not None else min(2, fed.min_sites)
-    return max(2, int(floor))
+    return max(2, min_participants(cfg.federation))
 
 
-def make_factory(cfg: CoordinatorConfig) -> Callable[..., SecureSum]:
-    """The orchestrator's factory: one ``SecureSum`` per phase of a round."""
+def make_factory(cfg: CoordinatorConfig) -> PhaseFactory:
+    """The secure ``PhaseFactory``: one ``SecureSum`` per phase of a round."""
     ca_pem = cfg.tls.ca.read_bytes()
 
-    def factory(rnd: Any, phase: int, now: float) -> SecureSum:
-        broadcast = rnd.broadcasts.get(phase, b"")
-        context = hashlib.sha256(broadcast).digest() if phase > 0 else b""
-        min_bits = int(rnd.spec.params.get("min_frac_bits", cfg.secagg.min_frac_bits))
-        return SecureSum(rnd.participants, modules=rnd.spec.shapes, saved=rnd.spec.modules_to_save, clip=cfg.secagg.clip,
+    def factory(request: PhaseRequest) -> SecureSum:
+        context = hashlib.sha256(request.broadcast).digest() if request.phase > 0 else b""
+        spec = request.spec
+        min_bits = int(spec.params.get("min_frac_bits", cfg.secagg.min_frac_bits))
+        return SecureSum(request.participants, modules=spec.shapes, saved=spec.modules_to_save, clip=cfg.secagg.clip,
                          min_frac_bits=min_bits, threshold=cfg.secagg.threshold, ca_pem=ca_pem, mask_context=context,
-                         stage_timeout=cfg.federation.stage_timeout, now=now, min_contributors=secure_sum_floor(cfg))
+                         stage_timeout=cfg.federation.stage_timeout, now=request.now,
+                         min_contributors=secure_sum_floor(cfg))
 
     return factory

@@ -66,7 +66,7 @@ def test_a_site_cannot_smuggle_other_dense_tensors_as_saved() -> None:
             check_names("site-a", {**good, bad: (8,)}, modules, ("classifier",))
     with pytest.raises(InvalidRequest, match="does not train"):  # no saved modules declared: nothing passes
         check_names("site-a", good, modules, ())
-    collector = PlainCollector({"site-a"}, keep_individual=False, modules=modules, saved=("classifier",))
+    collector = PlainCollector({"site-a"}, modules=modules, saved=("classifier",))
     payload = encode_tensors({"__n__": np.ones(1, np.float32), "layers.0.q_proj/A": np.ones((4, 16), np.float32),
                               "embeddings.weight/saved": np.ones(8, np.float32)})
     with pytest.raises(InvalidRequest):
