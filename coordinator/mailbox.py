@@ -22,7 +22,7 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Mapping, Protocol
 
 from ..proto.codec import RoundSpec, encode_spec
 from .errors import NotEnrolled, StaleStep
@@ -46,8 +46,21 @@ class SiteRecord:
     """The target modules and (d, k) the site declared."""
 
 
+class Roster(Protocol):
+    """What the round machine reads about the enrolled sites (``Mailbox`` is the implementation)."""
+
+    @property
+    def sites(self) -> Mapping[SiteId, SiteRecord]:
+        """Every enrolled site."""
+        ...
+
+    def online_sites(self, now: float) -> list[SiteId]:
+        """The sites polling now, sorted."""
+        ...
+
+
 class Mailbox:
-    """Every enrolled site's newest step, handed out by long poll."""
+    """Every enrolled site's newest step, handed out by long poll (a ``Roster``)."""
 
     def __init__(self, clock: Callable[[], float], online_window: float) -> None:
         self.clock = clock

@@ -77,8 +77,8 @@ class Orchestrator:
         self.cohort = Cohort(fed, federation_shapes(fed, glob), list(self.known_sites), fed.seed)
         self.ledger = Ledger(fed=fed, secure=secure, publisher=publisher, events=self.events, glob=glob,
                              global_version=global_version, rounds_done=rounds_done, history=history,
-                             site_noise=site_noise, phases=int(getattr(rule, "phases", 1)))
-        self.machine = RoundMachine(rule=rule, fed=fed, secure=secure, mailbox=self.mailbox, cohort=self.cohort,
+                             site_noise=site_noise, phases=rule.phases if isinstance(rule, Rule) else 1)
+        self.machine = RoundMachine(rule=rule, fed=fed, secure=secure, roster=self.mailbox, cohort=self.cohort,
                                     ledger=self.ledger, phases=secure_sum_factory if secure_sum_factory and secure
                                     else plain_phase, events=self.events, site_noise=site_noise, running=running)
         self._cond = self.mailbox.lock
@@ -112,16 +112,6 @@ class Orchestrator:
     def glob(self) -> Aggregate | None:
         """The current global state."""
         return self.ledger.glob
-
-    @property
-    def global_version(self) -> str | None:
-        """The newest published version."""
-        return self.ledger.global_version
-
-    @property
-    def rounds_done(self) -> int:
-        """Rounds published."""
-        return self.ledger.rounds_done
 
     @property
     def history(self) -> list[dict[str, Any]]:

@@ -25,17 +25,16 @@ from __future__ import annotations
 import logging
 from typing import Final, Mapping
 
-from ..contract import round_context
 from ..proto.codec import encode_tensors
 from ..strategies.base import Aggregate, Broadcast, IndividualRule, Rule
 from .cohort import Cohort, min_participants
 from .config import FederationConfig
 from .errors import NotInCohort, StaleStep
 from .ledger import Ledger, utc_now
-from .mailbox import Mailbox
+from .mailbox import Roster
 from .phase import Phase, PhaseFactory, PhaseRequest, PhaseResult
-from .round_checks import count_problem, norm_growth_problem
 from .round_record import Assign, Events, RoundRecord, RoundStage, TrainReport
+from .server_half import ServerHalf, sites_text
 from .steps import SiteId, Step
 
 log = logging.getLogger("fedquilt.coordinator.rounds")
@@ -51,17 +50,17 @@ _TRANSITIONS: Final[dict[RoundStage, frozenset[RoundStage]]] = {
 class RoundMachine:
     """Runs the rounds of one federation (not thread-safe: the facade holds the mailbox's lock)."""
 
-    def __init__(self, *, rule: Rule | IndividualRule, fed: FederationConfig, secure: bool, mailbox: Mailbox,
+    def __init__(self, *, rule: Rule | IndividualRule, fed: FederationConfig, secure: bool, roster: Roster,
                  cohort: Cohort, ledger: Ledger, phases: PhaseFactory, events: Events,
                  site_noise: Mapping[str, float] | None, running: bool) -> None:
         self.rule, self.fed, self.secure = rule, fed, secure
-        self.mailbox, self.cohort, self.ledger, self.phases, self.events = mailbox, cohort, ledger, phases, events
+        self.roster, self.cohort, self.ledger, self.phases, self.events = roster, cohort, ledger, phases, events
         self.site_noise = site_noise
         self.running = running
         self.current: RoundRecord | None = None
         self.actions: list[Assign] = []
         """Steps given to sites since the last ``take_actions``."""
-        self._individual = isinstance(rule, IndividualRule)
+        self.half = ServerHalf(rule, fed, secure)
         self._said_finished = False
 
     def take_actions(self) -> list[Assign]:
@@ -123,7 +122,11 @@ class RoundMachine:
         except Exception as exc:
             log.exception("round driver: %s", exc)
             if self.current is not None:
-                self._discard_safely(self.current, f"internal error in the round driver: {type(exc).__name__}: {exc}")
+                try:  # even a failing observer cannot keep the round alive
+                    self.discard(self.current, f"internal error in the round driver: {type(exc).__name__}: {exc}")
+                except Exception:
+                    log.exception("round %d: discarding failed too; dropping the round", self.current.number)
+                    self.current = None
 
     def _advance(self, rnd: RoundRecord, to: RoundStage) -> None:
         if to not in _TRANSITIONS[rnd.stage]:
@@ -136,8 +139,8 @@ class RoundMachine:
                 self._shut_down()
             return
         number = self.ledger.rounds_done + 1
-        sites = self.mailbox.sites
-        choice = self.cohort.choose(sites, self.mailbox.online_sites(now), now, number)
+        sites = self.roster.sites
+        choice = self.cohort.choose(sites, self.roster.online_sites(now), now, number)
         if choice is None:
             return
         spec = self.cohort.spec(number, choice, sites, secure=self.secure, site_noise=self.site_noise,
@@ -147,13 +150,13 @@ class RoundMachine:
                           needed=choice.needed, deadline_utc=utc_now(self.fed.train_timeout))
         self.current = rnd
         self.actions += [Assign(s, Step.TRAIN, spec.round_id, spec=spec) for s in choice.cohort]
-        log.info("round %d opened with %s (%s; %d needed)", number, _sites(len(rnd.cohort)), spec.round_id,
+        log.info("round %d opened with %s (%s; %d needed)", number, sites_text(len(rnd.cohort)), spec.round_id,
                  choice.needed, extra={"round": number})
         self.events("round_opened", round=number, cohort=len(rnd.cohort), round_id=spec.round_id)
 
     def _shut_down(self) -> None:
         self.actions += [Assign(s, Step.SHUTDOWN, message="the federation finished its planned rounds")
-                         for s, r in self.mailbox.sites.items() if r.assignment.kind is not Step.SHUTDOWN]
+                         for s, r in self.roster.sites.items() if r.assignment.kind is not Step.SHUTDOWN]
         if not self._said_finished:
             self._said_finished = True
             log.info("federation %s finished: %d of %d rounds published, latest version %s", self.fed.name,
@@ -174,7 +177,7 @@ class RoundMachine:
         elif missing:
             log.warning("round %d: %s did not finish training in time", rnd.number, sorted(missing))
         if len(rnd.participants) < min_participants(self.fed):
-            self.discard(rnd, f"only {_sites(len(rnd.participants))} finished training, need {min_participants(self.fed)}")
+            self.discard(rnd, f"only {sites_text(len(rnd.participants))} finished training, need {min_participants(self.fed)}")
             return
         self._start_phase(rnd, 0, now)
 
@@ -184,7 +187,7 @@ class RoundMachine:
         rnd.deadline_utc = utc_now(self.fed.stage_timeout)
         rnd.collector = self.phases(PhaseRequest(
             spec=rnd.spec, phase=phase, participants=frozenset(rnd.participants),
-            broadcast=rnd.broadcasts.get(phase, b""), now=now, deadline=rnd.deadline, individual=self._individual))
+            broadcast=rnd.broadcasts.get(phase, b""), now=now, deadline=rnd.deadline, individual=self.half.individual))
         self._moves(rnd, rnd.collector.start())
 
     def _drive_phase(self, rnd: RoundRecord, now: float) -> None:
@@ -200,27 +203,16 @@ class RoundMachine:
 
     def _finish_phase(self, rnd: RoundRecord, result: PhaseResult, now: float) -> None:
         self.events("stage_finished", stage=f"phase{rnd.phase}", seconds=now - rnd.stage_started, round=rnd.number)
-        contributors = set(result.contributors)
-        self.ledger.record_release(rnd, contributors)
-        need = min_participants(self.fed)
-        if len(contributors) < need:
-            self.discard(rnd, f"phase {rnd.phase}: {_sites(len(contributors))} contributed, need {need}")
+        self.ledger.record_release(rnd, result.contributors)
+        problem = self.half.problem(rnd, result)
+        if problem:
+            self.discard(rnd, f"phase {rnd.phase}: {problem}")
             return
-        if rnd.phase > 0 and contributors != rnd.participants:
-            self.discard(rnd, f"phase {rnd.phase}: participants changed between secure sums; "
-                              "publishing would reveal a dropped site's sketch")
-            return
-        rnd.participants, rnd.result = contributors, result
+        rnd.participants, rnd.result = set(result.contributors), result
         if rnd.phase == 0 and result.cohort_metrics is not None:
             rnd.cohort_metrics = dict(result.cohort_metrics)
-        if result.individual is None:
-            problem = count_problem(result.sums, self._expected_count(rnd, contributors), len(contributors),
-                                    result.count_resolution)
-            if problem:
-                self.discard(rnd, f"phase {rnd.phase}: {problem}")
-                return
         try:
-            outcome = self._combine(rnd, result)
+            outcome = self.half.combine(rnd, result, self.ledger.glob)
         except (ValueError, ArithmeticError) as exc:
             self.discard(rnd, f"aggregation failed: {exc}")
             return
@@ -231,28 +223,12 @@ class RoundMachine:
             return
         self._publish(rnd, outcome, now)
 
-    def _combine(self, rnd: RoundRecord, result: PhaseResult) -> Broadcast | Aggregate:
-        # The cohort's ranks, exactly as the sites derive them: a site that drops in training must not change the
-        # padding or sketch width the others already submitted with. Under SecAgg sites derive the rule's public
-        # randomness from the secure sum's session id (agent secure_sum binds ctx.session to it); server halves
-        # that regenerate it (single-pass sketch) need the same.
-        ctx = round_context(rnd.spec, session=result.session)
-        if isinstance(self.rule, IndividualRule):
-            return self.rule.combine_individual(result.individual or {}, ctx, self.ledger.glob)
-        return self.rule.combine(rnd.phase, result.sums, ctx, self.ledger.glob,
-                                 broadcast=rnd.broadcast_objs.get(rnd.phase))
-
-    def _expected_count(self, rnd: RoundRecord, contributors: set[SiteId]) -> float:
-        total = float(sum(rnd.spec.weights.get(s, 0) for s in contributors))
-        scale = float((rnd.spec.secagg or {}).get("weight_scale", 1.0)) if self.secure else 1.0
-        return total / (scale or 1.0)
-
     def _publish(self, rnd: RoundRecord, agg: Aggregate, now: float) -> None:
-        growth = norm_growth_problem(agg, self.ledger.glob, self.fed.max_norm_growth)
+        growth = self.half.growth_problem(agg, self.ledger.glob)
         if growth:
             self.discard(rnd, growth)
             return
-        sites = self.mailbox.sites
+        sites = self.roster.sites
         samples = sum(sites[s].num_samples for s in rnd.participants if s in sites)
         version = self.ledger.publish(rnd, agg, now, samples)
         self._close(rnd, f"published {version}")
@@ -261,14 +237,6 @@ class RoundMachine:
         """End ``rnd`` without a version, recording ``why``."""
         self.ledger.discard(rnd, why)
         self._close(rnd, f"discarded: {why}")
-
-    def _discard_safely(self, rnd: RoundRecord, why: str) -> None:
-        """Discard after an unexpected failure; even a failing observer cannot keep the round alive."""
-        try:
-            self.discard(rnd, why)
-        except Exception:
-            log.exception("round %d: discarding failed too; dropping the round", rnd.number)
-            self.current = None
 
     def _close(self, rnd: RoundRecord, message: str) -> None:
         self._advance(rnd, RoundStage.DONE)
@@ -281,7 +249,3 @@ class RoundMachine:
     def _moves(self, rnd: RoundRecord, moves: Mapping[SiteId, tuple[Step, bytes]]) -> None:
         self.actions += [Assign(s, kind, rnd.spec.round_id, rnd.phase, spec=rnd.spec, payload=payload)
                          for s, (kind, payload) in moves.items()]
-
-
-def _sites(n: int) -> str:
-    return f"{n} site" if n == 1 else f"{n} sites"

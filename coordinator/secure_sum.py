@@ -123,10 +123,6 @@ class SecureSum:
         return int(codec.SESSION_ID_BYTES + width * session.layout.size)
 
     def upload(self, site: SiteId, encoding: str, layout: Layout, payload: bytes) -> bool:
-        """A masked input (``masked_input``)."""
-        return self.masked_input(site, encoding, layout, payload)
-
-    def masked_input(self, site: SiteId, encoding: str, layout: Layout, payload: bytes) -> bool:
         """A site's masked vector (an Upload stream); added to the running sum at once."""
         if self.stage is not Step.SECAGG_MASKED or self.session is None:
             raise StaleStep("secure sum is not collecting masked input")
@@ -260,11 +256,6 @@ class SecureSum:
                            session=self.session.session_id)
 
 
-def secure_sum_floor(cfg: CoordinatorConfig) -> int:
-    """The fewest sites a secure sum of this federation may decode (min_contributors, at least 2)."""
-    return max(2, min_participants(cfg.federation))
-
-
 def make_factory(cfg: CoordinatorConfig) -> PhaseFactory:
     """The secure ``PhaseFactory``: one ``SecureSum`` per phase of a round."""
     ca_pem = cfg.tls.ca.read_bytes()
@@ -276,6 +267,6 @@ def make_factory(cfg: CoordinatorConfig) -> PhaseFactory:
         return SecureSum(request.participants, modules=spec.shapes, saved=spec.modules_to_save, clip=cfg.secagg.clip,
                          min_frac_bits=min_bits, threshold=cfg.secagg.threshold, ca_pem=ca_pem, mask_context=context,
                          stage_timeout=cfg.federation.stage_timeout, now=request.now,
-                         min_contributors=secure_sum_floor(cfg))
+                         min_contributors=max(2, min_participants(cfg.federation)))
 
     return factory
