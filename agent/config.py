@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import tomllib
 from enum import Enum
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -151,34 +149,15 @@ def load_client_config(path: Path, environ: dict[str, str] | None = None) -> Cli
 
 
 def load_agent_config(path: Path, environ: dict[str, str] | None = None) -> AgentConfig:
-    """Read, override from ``FEDQUILT_<SECTION>__<FIELD>``, resolve relative paths, validate."""
+    """Read, override from ``FEDQUILT_AGENT_<SECTION>__<FIELD>``, resolve relative paths, validate."""
     return _load(path, environ, AgentConfig)
 
 
 _Schema = TypeVar("_Schema", bound=BaseModel)
+_PATHS = (("tls", ("ca", "cert", "key")), ("model", ("dir",)), ("data", ("train", "eval")), ("", ("state_dir",)))
 
 
 def _load(path: Path, environ: dict[str, str] | None, schema: type[_Schema]) -> _Schema:
-    try:
-        raw = tomllib.loads(path.read_text())
-    except FileNotFoundError:
-        raise ValueError(f"agent config {path} does not exist") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ValueError(f"agent config {path} is not valid TOML: {exc}") from None
-    for key, value in (os.environ if environ is None else environ).items():
-        if key.startswith("FEDQUILT_") and "__" in key:
-            section, field = key[len("FEDQUILT_") :].lower().split("__", 1)
-            raw.setdefault(section, {})[field] = value
-    base = path.resolve().parent
-    for section, keys in (("tls", ("ca", "cert", "key")), ("model", ("dir",)), ("data", ("train", "eval")),
-                          ("", ("state_dir",))):
-        table = raw.get(section, {}) if section else raw
-        for k in keys:
-            if isinstance(table.get(k), str):
-                table[k] = str((base / table[k]).resolve())
-    try:
-        return schema.model_validate(raw)
-    except ValidationError as exc:
-        from ..config_errors import explain
+    from ..config_file import AGENT_ENV, load_toml
 
-        raise ValueError(explain(path, exc, schema)) from None
+    return load_toml(path, schema, what="agent config", env_prefix=AGENT_ENV, environ=environ, paths=_PATHS)

@@ -32,8 +32,12 @@ from ..proto import tensors_pb2 as tpb
 from ..strategies.base import Broadcast, IndividualRule, LocalUpdate, RoundContext, Rule
 from ..strategies.registry import federated_rule
 from .privacy_ledger import BudgetExhausted
+from .config import PrivacySection
+from .privacy_session import PrivacySite
 from .round_watch import RoundWatch
 from .rule_state import RuleStateFile
+from .secure_sum import SecureSumClient
+from .site_port import PhaseWork, SiteTransport
 from .trainer import TrainingStopped, TrainResult, Trainer
 
 log = logging.getLogger("fedquilt.agent")
@@ -48,7 +52,6 @@ class RoundWork:
     ctx: RoundContext
     update: LocalUpdate
     n: int
-    secure: Any = None
     broadcasts: dict[int, Broadcast] = field(default_factory=dict)
     broadcast_digests: dict[int, bytes] = field(default_factory=dict)
     """sha256 of each broadcast exactly as downloaded (binds the next secure sum's masks to it)."""
@@ -59,9 +62,9 @@ class RoundWork:
 class AgentLoop:
     """Serves rounds for one site until SHUTDOWN (or ``max_steps`` for tests)."""
 
-    def __init__(self, transport: Any, trainer: Trainer, data: Any, hello: pb.HelloRequest, alpha: float,
-                 state_dir: Path, eval_data: Any = None, privacy: Any = None,
-                 secure_sum: Callable[..., Any] | None = None, progress: bool = True,
+    def __init__(self, transport: SiteTransport, trainer: Trainer, data: Any, hello: pb.HelloRequest, alpha: float,
+                 state_dir: Path, eval_data: Any = None, privacy: PrivacySite | None = None,
+                 secure_sum: SecureSumClient | None = None, progress: bool = True,
                  keep_submissions: bool = False) -> None:
         self.transport, self.trainer, self.data, self.eval_data = transport, trainer, data, eval_data
         self.hello_req, self.alpha, self.privacy, self.progress = hello, alpha, privacy, progress
@@ -76,7 +79,7 @@ class AgentLoop:
         self.work: RoundWork | None = None
         self.rounds_trained = 0
         self._global_cache: tuple[str | None, Any] = ("", None)
-        self.privacy_floor: Any = None
+        self.privacy_floor: PrivacySection | None = None
         """The site's ``[privacy]`` section (agent/config.py); with DP on, rounds below its batch sizes are refused."""
         transport.on_reconnect = self._reconnected
 
@@ -90,7 +93,7 @@ class AgentLoop:
 
     def _reconnected(self) -> None:
         log.info("coordinator reachable again; re-enrolling")
-        reply = self.transport.stub.Hello(self.hello_req, timeout=30)
+        reply = self.transport.hello_once(self.hello_req)
         self.site = reply.site_id
 
     def run(self, max_steps: int | None = None) -> int:
@@ -205,7 +208,9 @@ class AgentLoop:
             return f"eval_batches {hp.eval_batches} is below min_dp_eval_batches {floor.min_dp_eval_batches}"
         return ""
 
-    def _vectors(self, work: RoundWork, phase: int, ctx: RoundContext) -> dict[str, Any]:
+    def phase_vectors(self, work: PhaseWork, phase: int, ctx: RoundContext) -> dict[str, Any]:
+        """The rule's vectors for ``phase`` of the round held (downloading that phase's broadcast once)."""
+        assert isinstance(work, RoundWork), "the loop's own round work"
         if isinstance(work.rule, IndividualRule):
             return work.rule.vectors(work.update, work.n, ctx)
         broadcast = None
@@ -228,7 +233,7 @@ class AgentLoop:
 
     def _upload_plain(self, task: pb.Task) -> None:
         work = self._current(task)
-        vectors = self._vectors(work, task.phase, work.ctx)
+        vectors = self.phase_vectors(work, task.phase, work.ctx)
         self.audit(task.round_id, task.phase, vectors)
         ack = self.transport.upload_tensors(task.round_id, task.step, task.phase, vectors)
         log.info("round %d phase %d: uploaded %d tensors (%s)", work.spec.round, task.phase, len(vectors), ack.message)

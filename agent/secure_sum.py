@@ -22,7 +22,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import logging
-from typing import Any
 
 import grpc
 import numpy as np
@@ -36,6 +35,7 @@ from ..proto import tensors_pb2 as tpb
 from ..strategies import cohort_metrics
 from ..strategies.base import N_KEY, RoundContext
 from .site_noise import clip_and_noise_update
+from .site_port import PhaseWork, SecureSumHost
 
 log = logging.getLogger("fedquilt.agent.secagg")
 
@@ -59,7 +59,7 @@ class SecureSumClient:
         # Site-level DP noise: numpy's PCG64 seeded from the OS CSPRNG (the mask generator is AES-CTR, not this).
         self._noise_rng = np.random.Generator(np.random.PCG64(int.from_bytes(os.urandom(16), "big")))
 
-    def __call__(self, loop: Any, work: Any, task: pb.Task) -> None:
+    def __call__(self, loop: SecureSumHost, work: PhaseWork, task: pb.Task) -> None:
         """Do one step of the current round's secure sum; a step below this site's policy is refused."""
         try:
             self._step(loop, work, task)
@@ -69,7 +69,7 @@ class SecureSumClient:
             loop.transport.submit(pb.SubmitRequest(round_id=task.round_id, step=task.step, kind=task.kind,
                                                    refusal=f"{type(exc).__name__}: {exc}"[:500]))
 
-    def _policy(self, work: Any, task: pb.Task) -> sa.ClientPolicy:
+    def _policy(self, work: PhaseWork, task: pb.Task) -> sa.ClientPolicy:
         """This site's policy raised to the federation's minimum; phase k > 0 requires phase 0's survivors."""
         secagg = work.spec.secagg or {}
         policy = self.policy.at_least(int(secagg.get("min_contributors", 0) or 0))
@@ -80,7 +80,7 @@ class SecureSumClient:
             policy = dataclasses.replace(policy, required_members=self._first_phase[1])
         return policy
 
-    def _refresh_crl(self, loop: Any) -> None:
+    def _refresh_crl(self, loop: SecureSumHost) -> None:
         try:
             fetched = sa.load_crl(loop.transport.download(pb.DownloadRequest.CRL), self._ca_cert)
         except grpc.RpcError as exc:
@@ -92,7 +92,7 @@ class SecureSumClient:
         if fetched.newer_than(self.revocations):
             self.revocations = fetched
 
-    def _step(self, loop: Any, work: Any, task: pb.Task) -> None:
+    def _step(self, loop: SecureSumHost, work: PhaseWork, task: pb.Task) -> None:
         kind = task.kind
         if kind == pb.DECLARE_LAYOUT:
             vectors = self._vectors(loop, work, task.phase, work.ctx)
@@ -145,11 +145,11 @@ class SecureSumClient:
             raise RuntimeError(f"no secure sum open for round {task.round_id} phase {task.phase}")
         return self.session
 
-    def _submit(self, loop: Any, task: pb.Task, reply: Any) -> None:
+    def _submit(self, loop: SecureSumHost, task: pb.Task, reply: object) -> None:
         loop.transport.submit(pb.SubmitRequest(round_id=task.round_id, step=task.step, kind=task.kind,
                                                payload=secagg_wire.encode_secagg(reply)))
 
-    def _vectors(self, loop: Any, work: Any, phase: int, ctx: RoundContext,
+    def _vectors(self, loop: SecureSumHost, work: PhaseWork, phase: int, ctx: RoundContext,
                  clip: float | None = None) -> dict[str, np.ndarray]:
         """The phase's vectors divided by the round's public weight scale (keeps them inside the clip range),
         clipped and noised for site-level DP when the federation asks for it (computed once per phase); phase 0
@@ -159,7 +159,7 @@ class SecureSumClient:
             return self._cached[1]
         secagg = work.spec.secagg or {}
         scale = float(secagg.get("weight_scale", 1.0)) or 1.0
-        vectors = {k: np.asarray(v, np.float64) / scale for k, v in loop._vectors(work, phase, ctx).items()}
+        vectors = {k: np.asarray(v, np.float64) / scale for k, v in loop.phase_vectors(work, phase, ctx).items()}
         noise = secagg.get("site_noise")
         if noise:
             counts = vectors.pop(N_KEY)
@@ -171,8 +171,8 @@ class SecureSumClient:
                          phase, noise["clip"])
         if phase == 0:
             over = 0 if clip is None else sum(int(np.count_nonzero(np.abs(v) > clip)) for v in vectors.values())
-            dp = getattr(loop, "privacy", None) is not None or bool(noise)
-            reported = {k: v for k, v in getattr(work, "metrics", {}).items()
+            dp = loop.privacy is not None or bool(noise)
+            reported = {k: v for k, v in work.metrics.items()
                         if k in cohort_metrics.NAMES and not (dp and k in cohort_metrics.TRAINING_NAMES)}
             vectors.update(cohort_metrics.pack(reported, float(work.n), scale, clipped=over, clip=clip or 1.0))
         self._cached = (key, vectors)

@@ -104,6 +104,11 @@ class Transport:
             self.chunk_bytes = int(reply.max_chunk_bytes)
         return reply
 
+    def hello_once(self, req: pb.HelloRequest) -> pb.HelloReply:
+        """One Hello without retrying (from inside a retry's reconnect hook, which must not recurse)."""
+        reply: pb.HelloReply = self.stub.Hello(req, timeout=30)
+        return reply
+
     def wait(self, after_step: int, seconds: float = 20.0) -> pb.Task:
         """Long-poll for the next step (a poll that outlives its deadline means "nothing yet": IDLE)."""
         def poll() -> pb.Task:

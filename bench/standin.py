@@ -55,6 +55,6 @@ def standin_loop(address: str, ca_pem: bytes, cert_pem: bytes, key_pem: bytes, *
     trainer = StandInTrainer(shapes, n, seed)
     transport = Transport(channel(address, ca_pem, cert_pem, key_pem, server_name), max_backoff=max_backoff,
                           give_up_after=give_up_after)
-    hello = hello_request(trainer, fingerprint, n, rank, alpha, task, "standin")  # type: ignore[arg-type]
-    return loop_class(transport, trainer, None, hello, alpha, state_dir, progress=False,  # type: ignore[arg-type]
+    hello = hello_request(trainer, fingerprint, n, rank, alpha, task, "standin")
+    return loop_class(transport, trainer, None, hello, alpha, state_dir, progress=False,
                       secure_sum=SecureSumClient(ca_pem, cert_pem, key_pem))

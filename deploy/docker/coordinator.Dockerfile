@@ -34,14 +34,14 @@ RUN groupadd --system --gid 10001 fedquilt \
     && install -d -o fedquilt -g fedquilt -m 0700 /var/lib/fedquilt \
     && install -d -m 0755 /etc/fedquilt/config /etc/fedquilt/tls
 COPY --from=build /opt/venv /opt/venv
-# Containers listen on every interface; FEDQUILT_<SECTION>__<FIELD> overrides the config file.
+# Containers listen on every interface; FEDQUILT_COORDINATOR_<SECTION>__<FIELD> overrides the config file.
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     HF_HOME=/tmp/hf \
     HF_HUB_OFFLINE=1 \
-    FEDQUILT_SERVER__LISTEN=0.0.0.0:7443 \
-    FEDQUILT_SERVER__METRICS_LISTEN=0.0.0.0:9464
+    FEDQUILT_COORDINATOR_SERVER__LISTEN=0.0.0.0:7443 \
+    FEDQUILT_COORDINATOR_SERVER__METRICS_LISTEN=0.0.0.0:9464
 # state: SQLite + model store; tls: coordinator.pem/.key, ca.pem, crl.pem (mounted read-only).
 VOLUME ["/var/lib/fedquilt", "/etc/fedquilt/tls"]
 EXPOSE 7443 9464

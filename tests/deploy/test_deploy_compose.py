@@ -96,7 +96,7 @@ def test_volumes_declared_used_and_private(compose: dict[str, Any]) -> None:
 def test_no_secrets_in_the_compose_file() -> None:
     text = COMPOSE.read_text()
     assert "BEGIN" not in text and "PRIVATE KEY" not in text
-    assert "FEDQUILT_TLS__KEY: /etc/fedquilt/tls/" in text  # keys are paths into mounted volumes
+    assert "FEDQUILT_AGENT_TLS__KEY: /etc/fedquilt/tls/" in text  # keys are paths into mounted volumes
 
 
 class Stack:

@@ -88,14 +88,14 @@ def test_coordinator_healthcheck_hits_healthz_on_the_metrics_port() -> None:
     checks = final_stage("coordinator", "HEALTHCHECK")
     assert len(checks) == 1 and "http://127.0.0.1:9464/healthz" in checks[0]
     env = parse("coordinator").envs
-    assert env["FEDQUILT_SERVER__METRICS_LISTEN"] == "0.0.0.0:9464"
-    assert env["FEDQUILT_SERVER__LISTEN"] == "0.0.0.0:7443"
+    assert env["FEDQUILT_COORDINATOR_SERVER__METRICS_LISTEN"] == "0.0.0.0:9464"
+    assert env["FEDQUILT_COORDINATOR_SERVER__LISTEN"] == "0.0.0.0:7443"
     assert "7443" in final_stage("coordinator", "EXPOSE")[0] and "9464" in final_stage("coordinator", "EXPOSE")[0]
 
 
 @pytest.mark.parametrize("name", ["agent-cpu", "agent-cuda"])
 def test_agent_images_set_no_coordinator_sections(name: str) -> None:
-    # The agent config forbids unknown sections, and FEDQUILT_SERVER__* would create one.
+    # The agent config forbids unknown sections, and FEDQUILT_COORDINATOR_SERVER__* would create one.
     assert not [k for k in parse(name).envs if k.startswith("FEDQUILT_")]
 
 

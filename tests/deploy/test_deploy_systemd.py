@@ -60,7 +60,7 @@ def test_unit_has_the_hardening_and_restart_policy() -> None:
     assert "agent run" in svc["ExecStart"][0] and "--no-progress" in svc["ExecStart"][0]
     # The key reaches the service as a credential, and the config is pointed at it.
     assert svc["LoadCredential"] == ["agent.key:/etc/fedquilt/tls/agent.key"]
-    assert "FEDQUILT_TLS__KEY=%d/agent.key" in svc["Environment"]
+    assert "FEDQUILT_AGENT_TLS__KEY=%d/agent.key" in svc["Environment"]
     assert unit["Unit"]["StartLimitBurst"] == ["5"] and unit["Install"]["WantedBy"] == ["multi-user.target"]
 
 
@@ -97,7 +97,7 @@ def test_systemd_security_exposure_is_low(tmp_path: Path) -> None:
 
 
 def test_example_agent_config_validates() -> None:
-    cfg = load_agent_config(EXAMPLE, environ={"FEDQUILT_TLS__KEY": "/run/credentials/fedquilt-agent.service/agent.key"})
+    cfg = load_agent_config(EXAMPLE, environ={"FEDQUILT_AGENT_TLS__KEY": "/run/credentials/fedquilt-agent.service/agent.key"})
     assert cfg.state_dir == Path("/var/lib/fedquilt")  # the unit's StateDirectory
     assert cfg.tls.key == Path("/run/credentials/fedquilt-agent.service/agent.key")
     assert cfg.tls.cert.parent == Path("/etc/fedquilt/tls")

@@ -29,8 +29,8 @@ HONEST = ("site-0", "site-1")
 class CancellingCount(AgentLoop):
     """Submits a count that cancels the honest sites' counts (inside the clip range)."""
 
-    def _vectors(self, work: Any, phase: int, ctx: Any) -> dict[str, Any]:
-        vectors = dict(super()._vectors(work, phase, ctx))
+    def phase_vectors(self, work: Any, phase: int, ctx: Any) -> dict[str, Any]:
+        vectors = dict(super().phase_vectors(work, phase, ctx))
         vectors[N_KEY] = np.array([-(2 * 10) + 0.0005], np.float32)  # the two honest sites submit 10 each
         return vectors
 
@@ -38,8 +38,8 @@ class CancellingCount(AgentLoop):
 class InflatedCount(AgentLoop):
     """Declares 10 samples in its Hello but submits its factors weighted by 2^40."""
 
-    def _vectors(self, work: Any, phase: int, ctx: Any) -> dict[str, Any]:
-        vectors = dict(super()._vectors(work, phase, ctx))
+    def phase_vectors(self, work: Any, phase: int, ctx: Any) -> dict[str, Any]:
+        vectors = dict(super().phase_vectors(work, phase, ctx))
         factor = float(2**40) / work.n
         return {k: np.asarray(v, np.float64) * factor for k, v in vectors.items()}
 

@@ -66,8 +66,8 @@ def _agents(w: Any, policy: sa.ClientPolicy, sites: tuple[str, ...] = SITES) -> 
     for i, who in enumerate(sites):
         cert, key = w.cert(who)
         out[who] = (SecureSumClient(ca, cert.read_bytes(), key.read_bytes(), policy=policy),
-                    SimpleNamespace(transport=Transport(w.channel(who)), site=who,
-                                    _vectors=lambda work, phase, ctx, i=i: w.tensors(seed=i),
+                    SimpleNamespace(transport=Transport(w.channel(who)), site=who, privacy=None,
+                                    phase_vectors=lambda work, phase, ctx, i=i: w.tensors(seed=i),
                                     audit=lambda *args: None))
     return out
 

@@ -62,7 +62,7 @@ def test_sites_below_their_own_floor_refuse_and_the_coordinator_records_it(quick
     for who, task in ads.items():
         cert, key = w.cert(who)
         client = SecureSumClient(ca, cert.read_bytes(), key.read_bytes())  # default [privacy]: min 3 sites
-        loop = SimpleNamespace(transport=Transport(w.channel(who)), site=who)
+        loop = SimpleNamespace(transport=Transport(w.channel(who)), site=who, privacy=None)
         client(loop, SimpleNamespace(spec=codec.decode_spec(task.spec_json)), task)
         assert client.session is None  # the session failed before any key advertisement was sent
     assert set(collector.refusals) == {"site-0", "site-1"}
