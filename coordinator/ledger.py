@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 from datetime import datetime, timedelta, timezone
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Iterable, Mapping, Sequence
 
 from ..contract import encode_aggregate
 from ..strategies.base import Aggregate
@@ -21,7 +21,7 @@ from .steps import SiteId
 
 log = logging.getLogger("fedquilt.coordinator.rounds")
 
-HistoryEntry = dict[str, Any]
+HistoryEntry = dict[str, object]
 """One finished round as the status page and the state store show it (JSON)."""
 
 
@@ -30,7 +30,7 @@ class Ledger:
 
     def __init__(self, *, fed: FederationConfig, secure: bool, publisher: Publisher, events: Events,
                  glob: Aggregate | None, global_version: str | None, rounds_done: int,
-                 history: Sequence[Mapping[str, Any]], site_noise: Mapping[str, float] | None, phases: int) -> None:
+                 history: Sequence[Mapping[str, object]], site_noise: Mapping[str, float] | None, phases: int) -> None:
         self.fed, self.secure, self.publisher, self.events = fed, secure, publisher, events
         self.glob, self.global_version, self.rounds_done = glob, global_version, rounds_done
         self.encoded_glob = encode_aggregate(glob)
@@ -109,7 +109,9 @@ class Ledger:
 
         sigmas: list[float] = []
         for entry in self.history:  # rounds recorded before this accounting: every phase at the nominal σ
-            sigmas.extend(entry.get("site_noise_sigmas", [self.site_noise["sigma"]] * self.phases))
+            recorded = entry.get("site_noise_sigmas", [self.site_noise["sigma"]] * self.phases)
+            if isinstance(recorded, list):
+                sigmas.extend(float(x) for x in recorded if isinstance(x, (int, float)))
         sigmas.extend(rnd.site_noise_sigmas)
         eps = site_level_epsilon(sigmas, self.site_noise["delta"])
         return {"epsilon": eps if eps != float("inf") else None, "delta": self.site_noise["delta"],
@@ -123,13 +125,12 @@ def utc_now(later_seconds: float = 0.0) -> str:
     return (datetime.now(timezone.utc) + timedelta(seconds=later_seconds)).isoformat(timespec="seconds")
 
 
-def _epsilon(facts: Mapping[str, Any]) -> float | None:
+def _epsilon(facts: Mapping[str, object]) -> float | None:
     """The largest ε a version's manifest reports (site-level, or the worst site's record-level DP)."""
-    values = [float(p["epsilon"]) for p in (facts.get("privacy") or {}).values()
-              if isinstance(p, Mapping) and isinstance(p.get("epsilon"), (int, float))]
-    site_level = facts.get("site_level_privacy") or {}
-    if isinstance(site_level.get("epsilon"), (int, float)):
-        values.append(float(site_level["epsilon"]))
+    privacy, site_level = facts.get("privacy"), facts.get("site_level_privacy")
+    reports = list(privacy.values()) if isinstance(privacy, Mapping) else []
+    values = [float(eps) for p in [*reports, site_level] if isinstance(p, Mapping)
+              and isinstance(eps := p.get("epsilon"), (int, float))]
     return round(max(values), 4) if values else None
 
 

@@ -62,7 +62,7 @@ class Orchestrator:
         clock: Callable[[], float] = time.monotonic,
         online_window: float | None = None,
         site_noise: Mapping[str, float] | None = None,
-        history: Sequence[Mapping[str, Any]] = (),
+        history: Sequence[Mapping[str, object]] = (),
         known_sites: Sequence[Mapping[str, Any]] = (),
         running: bool = True,
     ) -> None:
@@ -114,7 +114,7 @@ class Orchestrator:
         return self.ledger.glob
 
     @property
-    def history(self) -> list[dict[str, Any]]:
+    def history(self) -> list[dict[str, object]]:
         """Every finished round (status entries)."""
         return self.ledger.history
 

@@ -204,13 +204,15 @@ class RoundMachine:
     def _finish_phase(self, rnd: RoundRecord, result: PhaseResult, now: float) -> None:
         self.events("stage_finished", stage=f"phase{rnd.phase}", seconds=now - rnd.stage_started, round=rnd.number)
         self.ledger.record_release(rnd, result.contributors)
-        problem = self.half.problem(rnd, result)
+        problem = self.half.contributors_problem(rnd, result)
+        if not problem:  # the cohort's metrics are kept even if the count check fails (clipping is never silent)
+            rnd.participants, rnd.result = set(result.contributors), result
+            if rnd.phase == 0 and result.cohort_metrics is not None:
+                rnd.cohort_metrics = dict(result.cohort_metrics)
+            problem = self.half.count_problem(rnd, result)
         if problem:
             self.discard(rnd, f"phase {rnd.phase}: {problem}")
             return
-        rnd.participants, rnd.result = set(result.contributors), result
-        if rnd.phase == 0 and result.cohort_metrics is not None:
-            rnd.cohort_metrics = dict(result.cohort_metrics)
         try:
             outcome = self.half.combine(rnd, result, self.ledger.glob)
         except (ValueError, ArithmeticError) as exc:

@@ -215,32 +215,6 @@ class SecureSum:
         self.stage = stage
         return {s: (stage, p) for s, p in payloads.items()}
 
-    # ---- results ------------------------------------------------------------------------------
-
-    def result(self) -> dict[str, np.ndarray]:
-        """The decoded float sums for the rule (the cohort-metric vectors are split off: ``cohort_metrics``)."""
-        assert self.result_ is not None
-        rule, _ = cohort_metrics.split(self.result_.sums)
-        return {k: np.asarray(v, np.float64) for k, v in rule.items()}
-
-    def cohort_metrics(self) -> dict[str, float | int | None]:
-        """n-weighted cohort means of the metrics the sites summed securely (empty if they sent none)."""
-        assert self.result_ is not None and self.session is not None
-        return cohort_metrics.split(self.result_.sums, self.session.params.clip)[1]
-
-    def contributors(self) -> set[SiteId]:
-        """Sites whose masked inputs are in the sum."""
-        return set() if self.result_ is None else {SiteId(s) for s in self.result_.contributors}
-
-    def manifest_facts(self) -> dict[str, object]:
-        """What the manifest records about this secure sum."""
-        assert self.session is not None and self.result_ is not None
-        p = self.session.params
-        return {"protocol": "SecAgg" if p.degree is None else "SecAgg+", "threshold": p.threshold,
-                "sites": len(self.session.cohort), "dropped": list(self.result_.dropped), "ring_bits": p.ring_bits,
-                "frac_bits": p.frac_bits, "clip": p.clip, "degree": p.degree}
-
-
     # ---- the Phase protocol: progress and outcome ---------------------------------------------
 
     def progress(self) -> PhaseProgress:
@@ -248,12 +222,19 @@ class SecureSum:
         return PhaseProgress(sent=frozenset(self.heard), substep=self.stage.value.removeprefix("SECAGG_").lower())
 
     def outcome(self) -> PhaseResult:
-        """The decoded sums, the cohort metrics summed with them and the manifest's facts."""
-        assert self.session is not None and self.done
-        return PhaseResult(contributors=frozenset(self.contributors()), sums=self.result(),
-                           count_resolution=float(2.0 ** -(self.session.params.frac_bits or 0)),  # resolved by SecAggParams
-                           cohort_metrics=self.cohort_metrics(), secure_facts=self.manifest_facts(),
-                           session=self.session.session_id)
+        """The decoded float sums for the rule, the n-weighted cohort means of the metrics the sites summed with
+        them (split off the rule's sums) and what the manifest records about this secure sum."""
+        assert self.session is not None and self.result_ is not None
+        p, result = self.session.params, self.result_
+        rule_sums, metrics = cohort_metrics.split(result.sums, p.clip)
+        facts: dict[str, object] = {
+            "protocol": "SecAgg" if p.degree is None else "SecAgg+", "threshold": p.threshold,
+            "sites": len(self.session.cohort), "dropped": list(result.dropped), "ring_bits": p.ring_bits,
+            "frac_bits": p.frac_bits, "clip": p.clip, "degree": p.degree}
+        return PhaseResult(contributors=frozenset(SiteId(s) for s in result.contributors),
+                           sums={k: np.asarray(v, np.float64) for k, v in rule_sums.items()},
+                           count_resolution=float(2.0 ** -(p.frac_bits or 0)),  # always resolved by SecAggParams
+                           cohort_metrics=metrics, secure_facts=facts, session=self.session.session_id)
 
 
 def make_factory(cfg: CoordinatorConfig) -> PhaseFactory:

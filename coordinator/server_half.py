@@ -30,15 +30,20 @@ class ServerHalf:
         self.phases = rule.phases if isinstance(rule, Rule) else 1
         """Secure sums (or plaintext collections) per round."""
 
-    def problem(self, rnd: RoundRecord, result: PhaseResult) -> str | None:
-        """Why a finished phase of ``rnd`` cannot be aggregated (None: it can)."""
+    def contributors_problem(self, rnd: RoundRecord, result: PhaseResult) -> str | None:
+        """Why a finished phase of ``rnd`` has the wrong contributors (None: it has enough, the same as before)."""
         contributors, need = set(result.contributors), min_participants(self.fed)
         if len(contributors) < need:
             return f"{sites_text(len(contributors))} contributed, need {need}"
         if rnd.phase > 0 and contributors != rnd.participants:
             return "participants changed between secure sums; publishing would reveal a dropped site's sketch"
+        return None
+
+    def count_problem(self, rnd: RoundRecord, result: PhaseResult) -> str | None:
+        """Why the phase's summed sample count is not the contributors' assigned counts (None: it is)."""
         if result.individual is not None:  # each upload's own count was checked against its weight
             return None
+        contributors = set(result.contributors)
         return count_problem(result.sums, self._expected_count(contributors, rnd), len(contributors),
                              result.count_resolution)
 
