@@ -20,17 +20,18 @@ import numpy as np
 import torch
 
 from .base import Aggregate, Broadcast, LocalUpdate, RoundContext, TrainingPlan, Vectors
-from .fedit import FedItParams, averaged, check_phase, factor_vectors, folded, trained_adapter
+from .factor_averaging import averaged, factor_vectors, folded
 from .lora import Adapter, LoraFactors, lora_scaling
 from .shared_init import shared_a, site_slice
-from .submission import check_modules, site_rank
+from .rule_params import SeedParams
+from .submission import check_modules, check_phase, site_rank, trained_adapter
 
 STATE_PREFIX = "alora/A/"
 """State key prefix of the site's own A per module."""
 
 
 @dataclass(frozen=True)
-class AloraParams(FedItParams):
+class AloraParams(SeedParams):
     """Fed-ALoRA parameters (public seed of the first-round A)."""
 
 

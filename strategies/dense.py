@@ -17,10 +17,9 @@ import numpy as np
 import torch
 
 from .base import N_KEY, Aggregate, Broadcast, LocalUpdate, RoundContext, TrainingPlan, Vectors
-from .fedit import check_phase
 from .lora import DenseUpdate
 from .rule_params import RuleParams
-from .submission import check_modules, count_vector, key, mean, site_rank, total_count, weighted
+from .submission import check_modules, check_phase, count_vector, key, mean, site_rank, total_count, weighted
 
 
 @dataclass(frozen=True)

@@ -18,23 +18,16 @@ import numpy as np
 import torch
 
 from .base import N_KEY, Aggregate, Broadcast, LocalUpdate, RoundContext, TrainingPlan, Vectors
-from .fedit import check_phase, trained_adapter
 from .lora import Adapter, LoraFactors, lora_scaling
-from .rule_params import RuleParams, check_int
+from .rule_params import SeedParams
 from .shared_init import shared_a
-from .submission import check_modules, count_vector, key, mean, pad_b, site_rank, total_count, weighted
+from .submission import (check_modules, check_phase, count_vector, key, mean, pad_b, site_rank, total_count,
+                         trained_adapter, weighted)
 
 
 @dataclass(frozen=True)
-class FfaParams(RuleParams):
-    """FFA-LoRA parameters."""
-
-    seed: int = 0
-    """Public seed of the frozen shared A."""
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        check_int("seed", self.seed, 0)
+class FfaParams(SeedParams):
+    """FFA-LoRA parameters (the public seed of the frozen shared A)."""
 
 
 class FfaLora:

@@ -17,7 +17,7 @@ from typing import Any, Mapping, MutableMapping
 import numpy as np
 
 from .base import Aggregate, Broadcast, RoundContext, TrainingPlan
-from .fedit import averaging_start
+from .factor_averaging import averaging_start
 from .lowrank import refactor_cumulative
 from .secure_stack import SketchedRule
 

@@ -26,9 +26,10 @@ import numpy as np
 import torch
 
 from .base import Aggregate, Broadcast, LocalUpdate, RoundContext, TrainingPlan, Vectors
-from .fedit import averaged, averaging_start, check_phase, factor_vectors, folded, trained_adapter
+from .factor_averaging import averaged, averaging_start, factor_vectors, folded
 from .lora import Adapter
-from .rule_params import RuleParams, check_float, check_int
+from .rule_params import SeedParams, check_float
+from .submission import check_phase, trained_adapter
 
 STATE_PREFIX = "rotalign/reference/"
 """Where ``start`` leaves the previous global's folded (Ā, B̄) for ``vectors``: ``<prefix><module>/A`` and ``/B``."""
@@ -37,18 +38,15 @@ STATE_ROUND = "rotalign/round"
 
 
 @dataclass(frozen=True)
-class RotAlignParams(RuleParams):
-    """FedRot-LoRA parameters."""
+class RotAlignParams(SeedParams):
+    """FedRot-LoRA parameters (and the public seed of the shared round-one A)."""
 
     lam: float = 1.0
     """Alignment strength λ in [0, 1]: 1 applies the Procrustes rotation, 0 none."""
-    seed: int = 0
-    """Public seed of the shared round-one A."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
         check_float("lam", self.lam, 0.0, 1.0)
-        check_int("seed", self.seed, 0)
 
 
 def procrustes(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

@@ -28,12 +28,12 @@ from typing import Any, Mapping, MutableMapping
 import numpy as np
 
 from .base import Aggregate, Broadcast, LocalUpdate, RoundContext, TrainingPlan, Vectors
-from .fedit import check_phase, trained_adapter
 from .lowrank import refactor_cumulative
 from .rule_params import check_int
 from .single_pass import single_pass_recover, single_pass_vectors
 from .sketch import MIN_OVERSAMPLING, Recovered, SketchConfig, basis, projection_vectors, recover, sketch_vectors
 from .stack import DEFAULT_PUBLISH_RANK, FeedbackMemory, StackParams, stacking_start
+from .submission import check_phase, trained_adapter
 
 
 @dataclass(frozen=True)

@@ -24,11 +24,10 @@ import numpy as np
 import torch
 
 from .base import N_KEY, Aggregate, LocalUpdate, RoundContext, TrainingPlan, Vectors
-from .fedit import trained_adapter
 from .lora import Adapter, lora_scaling
 from .lowrank import refactor_cumulative
 from .rule_params import RuleParams, check_float, check_int
-from .submission import check_count, check_modules, key, site_rank
+from .submission import check_count, check_modules, key, site_rank, trained_adapter
 
 F64 = torch.float64
 
