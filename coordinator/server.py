@@ -11,9 +11,10 @@ from pathlib import Path
 from typing import Any
 
 from ..strategies.adapters import load_peft, load_saved
-from ..strategies.base import Aggregate, IndividualRule
+from ..strategies.base import Aggregate
 from ..strategies.lora import dense_of
 from ..strategies.registry import federated_rule
+from ..strategies.rule import IndividualRule
 from .config import CoordinatorConfig
 from .identity import Authorizer, RevocationList
 from .lock import StateDirLock

@@ -12,14 +12,9 @@ Round one starts every site from the same public A (B = 0) so the first average 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Mapping, MutableMapping
 
-import numpy as np
-
-from .base import Aggregate, Broadcast, LocalUpdate, RoundContext, TrainingPlan, Vectors
-from .factor_averaging import averaged, averaging_start, factor_vectors, folded
+from .factor_averaging import FactorAveraging
 from .rule_params import SeedParams
-from .submission import check_phase, trained_adapter
 
 
 @dataclass(frozen=True)
@@ -27,49 +22,9 @@ class FedItParams(SeedParams):
     """FedIT parameters (the public seed of the shared round-one A)."""
 
 
-class FedIT:
-    """FedIT factor averaging (sums-only)."""
+class FedIT(FactorAveraging[FedItParams]):
+    """FedIT factor averaging (sums-only): n·√s·A and n·√s·B zero-padded to the cohort's largest rank,
+    Ā = Σ p_i √s_i A_i, B̄ = Σ p_i √s_i B_i."""
 
     name = "fedit"
-    phases = 1
-
-    def __init__(self, params: FedItParams | None = None) -> None:
-        """Keep the validated parameters."""
-        self.params = params or FedItParams()
-
-    def start(
-        self,
-        glob: Aggregate | None,
-        ctx: RoundContext,
-        site: str,
-        alpha: float,
-        state: MutableMapping[str, Any] | None = None,
-    ) -> TrainingPlan:
-        """Continue from the global factors' rank-r_i slice; train A and B."""
-        return averaging_start(glob, ctx, site, alpha, self.params.rslora, self.params.seed)
-
-    def vectors(
-        self,
-        phase: int,
-        update: LocalUpdate,
-        n: int,
-        ctx: RoundContext,
-        broadcast: Broadcast | None,
-        state: MutableMapping[str, Any] | None = None,
-    ) -> Vectors:
-        """n·√s·A and n·√s·B, zero-padded to the cohort's largest rank."""
-        check_phase(phase, self.phases, self.name)
-        adapter = trained_adapter(update, ctx)
-        return factor_vectors({m: folded(f, ctx.max_rank) for m, f in adapter.items()}, n)
-
-    def combine(
-        self,
-        phase: int,
-        sums: Mapping[str, np.ndarray],
-        ctx: RoundContext,
-        glob: Aggregate | None,
-        broadcast: Broadcast | None = None,
-    ) -> Aggregate:
-        """Ā = Σ p_i √s_i A_i, B̄ = Σ p_i √s_i B_i."""
-        check_phase(phase, self.phases, self.name)
-        return averaged(sums, ctx, self.name)
+    params_type = FedItParams

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any, Final, Mapping
 
 from .alora import ALora, AloraParams
-from .base import IndividualRule, Rule
+from .rule import IndividualRule, Rule
 from .dense import Dense, DenseParams
 from .fedit import FedIT, FedItParams
 from .ffa import FfaLora, FfaParams
@@ -42,6 +42,9 @@ PARAMS: Final[dict[str, type[RuleParams]]] = {
 INDIVIDUAL: Final[frozenset[str]] = frozenset({"stack"})
 """Rules that need individual submissions (plaintext only, never under secure aggregation)."""
 
+FIXED_COORDINATES: Final = frozenset({"fedit", "ffa", "rotalign", "alora", "dense"})
+"""Rules whose global is a fixed set of tensors the server optimizer can step."""
+
 
 def make_rule(name: str, params: Mapping[str, Any] | None = None) -> Rule | IndividualRule:
     """Build rule ``name`` with validated ``params``; ``ValueError`` names unknown rules/params."""
@@ -69,5 +72,10 @@ def federated_rule(
         return rule
     wrapped: Rule = SavedModules(rule)
     if server_optimizer:
-        wrapped = ServerOpt(wrapped, ServerOptParams.from_mapping(server_optimizer))
+        params_ = ServerOptParams.from_mapping(server_optimizer)
+        if name not in FIXED_COORDINATES:
+            raise ValueError(f"server optimizer {params_.kind.value} needs a rule whose global lives in fixed "
+                             f"coordinates {sorted(FIXED_COORDINATES)}; {name!r} refactors its global by SVD "
+                             "every round")
+        wrapped = ServerOpt(wrapped, params_)
     return wrapped

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from fedquilt.strategies.base import IndividualRule, Rule
+from fedquilt.strategies.rule import IndividualRule, Rule
 from fedquilt.strategies.registry import INDIVIDUAL, RULES, make_rule
 
 
