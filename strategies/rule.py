@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Any, Generic, Mapping, MutableMapping, TypeVar
+from typing import Generic, Mapping, MutableMapping, TypeVar
 
 import numpy as np
 import torch
@@ -35,8 +35,8 @@ from .submission import check_modules, check_phase, mean, site_rank, total_count
 
 P = TypeVar("P")
 
-SiteState = MutableMapping[str, Any]
-"""The site's persistent rule memory (tensors only: the agent reloads it with ``weights_only=True``)."""
+SiteState = MutableMapping[str, torch.Tensor]
+"""The site's persistent rule memory: tensors only (the agent reloads it with ``torch.load(weights_only=True)``)."""
 
 
 @dataclass(frozen=True)
