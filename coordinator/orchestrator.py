@@ -42,7 +42,8 @@ import numpy as np
 
 from ..contract import encode_aggregate, round_context
 from ..proto.codec import SESSION_ID_BYTES, RoundSpec, encode_spec, encode_tensors
-from ..strategies.base import Aggregate, Broadcast, IndividualRule, RoundContext, Rule
+from ..strategies.base import Aggregate, Broadcast, RoundContext
+from ..strategies.rule import IndividualRule, Rule
 from .collect import PlainCollector
 from .config import FederationConfig, Weighting
 from .round_checks import count_problem, federation_shapes, norm_growth_problem, shape_diff
