@@ -29,7 +29,8 @@ from ..contract import TrainHyper, round_context
 from ..proto import codec
 from ..proto import federation_pb2 as pb
 from ..proto import tensors_pb2 as tpb
-from ..strategies.base import Broadcast, IndividualRule, LocalUpdate, RoundContext, Rule
+from ..strategies.base import Broadcast, LocalUpdate, RoundContext
+from ..strategies.rule import IndividualRule, Rule
 from ..strategies.registry import federated_rule
 from .privacy_ledger import BudgetExhausted
 from .config import PrivacySection

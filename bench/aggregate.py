@@ -25,7 +25,7 @@ import torch
 
 from fedquilt.strategies.base import Aggregate, LocalUpdate, RoundContext
 from fedquilt.strategies.lora import Adapter, LoraFactors, lora_scaling
-from fedquilt.strategies.registry import INDIVIDUAL, RULES, make_rule
+from fedquilt.strategies.registry import RULES, make_rule
 
 ALPHA = 32.0
 
@@ -89,7 +89,7 @@ def server_cost(name: str, modules: list[str], d: int, k: int, ranks: list[int])
     ctx = RoundContext(round=1, shapes={m: (d, k) for m in modules}, ranks={f"s{i}": r for i, r in enumerate(ranks)}, session=b"bench")
     rule: Any = make_rule(name, {})
     counts = [100 + 10 * i for i in range(len(ranks))]
-    if name in INDIVIDUAL:
+    if not RULES[name].sums_only:
         subs = {f"s{i}": rule.vectors(LocalUpdate(adapter=site_adapter(i, modules, d, k, r)), counts[i], ctx) for i, r in enumerate(ranks)}
         _, dt, mb = measure(lambda: rule.combine_individual(subs, ctx, None))
         return dt, mb

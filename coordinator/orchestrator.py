@@ -25,7 +25,8 @@ import logging
 import time
 from typing import Any, Callable, Mapping, Sequence
 
-from ..strategies.base import Aggregate, IndividualRule, Rule
+from ..strategies.base import Aggregate
+from ..strategies.rule import IndividualRule, Rule
 from .cohort import Cohort
 from .collect import plain_phase
 from .config import FederationConfig

@@ -26,7 +26,8 @@ import logging
 from typing import Final, Mapping
 
 from ..proto.codec import encode_tensors
-from ..strategies.base import Aggregate, Broadcast, IndividualRule, Rule
+from ..strategies.base import Aggregate, Broadcast
+from ..strategies.rule import IndividualRule, Rule
 from .cohort import Cohort, min_participants
 from .config import FederationConfig
 from .errors import NotInCohort, StaleStep

@@ -11,9 +11,9 @@ from pathlib import Path
 from typing import Any
 
 from ..strategies.adapters import load_peft, load_saved
-from ..strategies.base import Aggregate, IndividualRule
+from ..strategies.base import Aggregate
 from ..strategies.lora import dense_of
-from ..strategies.registry import federated_rule
+from ..strategies.registry import federated_rule, rule_entry
 from .config import CoordinatorConfig
 from .identity import Authorizer, RevocationList
 from .lock import StateDirLock
@@ -53,8 +53,8 @@ def load_global(store: FileModelStore, model: str, dense: bool) -> tuple[Aggrega
     return agg, version, int(manifest["round"])
 
 
-def _check_rule(cfg: CoordinatorConfig, rule: Any) -> None:
-    if isinstance(rule, IndividualRule) and cfg.secagg.enabled:
+def _check_rule(cfg: CoordinatorConfig) -> None:
+    if not rule_entry(cfg.federation.rule).sums_only and cfg.secagg.enabled:
         raise ValueError(f"rule {cfg.federation.rule!r} needs each site's own factors and cannot run under secure "
                          "aggregation; set [secagg] enabled = false to run it in plaintext (the coordinator then sees "
                          "every site's update)")
@@ -95,7 +95,7 @@ def start(cfg: CoordinatorConfig, metrics: Metrics | None = None, tick_seconds: 
     fed = cfg.federation
     metrics = metrics or Metrics()
     rule = federated_rule(fed.rule, fed.rule_params, fed.server_optimizer)  # issue 14: saved modules, server opt
-    _check_rule(cfg, rule)
+    _check_rule(cfg)
     if not cfg.secagg.enabled:
         log.warning("secure aggregation is DISABLED: the coordinator sees every site's individual update")
     lock = StateDirLock(cfg.state_dir).acquire()
@@ -110,7 +110,7 @@ def _start_locked(cfg: CoordinatorConfig, metrics: Metrics, rule: Any, tick_seco
                   lock: StateDirLock) -> RunningCoordinator:
     fed = cfg.federation
     store = FileModelStore(cfg.state_dir / "store")
-    glob, version, rounds_done = load_global(store, fed.model, dense=fed.rule == "dense")
+    glob, version, rounds_done = load_global(store, fed.model, dense=rule_entry(fed.rule).dense)
     state = SqliteStateStore(cfg.state_dir / "state.db")
     restored = restore(state, fed.name, fed.model, store)
     key_pem, cert_pem = cfg.tls.key.read_bytes(), cfg.tls.cert.read_bytes()

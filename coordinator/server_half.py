@@ -11,7 +11,8 @@ public randomness), and returns the next phase's broadcast or the next global st
 from __future__ import annotations
 
 from ..contract import round_context
-from ..strategies.base import Aggregate, Broadcast, IndividualRule, Rule
+from ..strategies.base import Aggregate, Broadcast
+from ..strategies.rule import IndividualRule, Rule
 from .cohort import min_participants
 from .config import FederationConfig
 from .phase import PhaseResult

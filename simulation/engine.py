@@ -37,7 +37,8 @@ from ..agent.trainer import LoraTrainer
 from ..contract import TrainHyper
 from ..contract import decode_aggregate, encode_aggregate
 from ..proto.codec import decode_tensors, encode_tensors
-from ..strategies.base import Aggregate, Broadcast, LocalUpdate, RoundContext, Rule
+from ..strategies.base import Aggregate, Broadcast, LocalUpdate, RoundContext
+from ..strategies.rule import Rule
 from ..strategies.registry import federated_rule
 from .config import SimConfig
 from .evaluate import Evaluator

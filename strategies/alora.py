@@ -14,95 +14,61 @@ paper's B_0 + B_{i2}B_{i1} decomposition is not implemented.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Mapping, MutableMapping
 
-import numpy as np
 import torch
 
-from .base import Aggregate, Broadcast, LocalUpdate, RoundContext, TrainingPlan, Vectors
-from .fedit import FedItParams, averaged, check_phase, factor_vectors, folded, trained_adapter
-from .lora import Adapter, LoraFactors, lora_scaling
+from .base import Aggregate, TrainingPlan, Vectors
+from .factor_averaging import FactorAveraging
+from .lora import Adapter, LoraFactors
+from .rule import PhaseSums, SiteState, SiteStart, Submission
+from .rule_params import SeedParams
 from .shared_init import shared_a, site_slice
-from .submission import check_modules, site_rank
 
 STATE_PREFIX = "alora/A/"
 """State key prefix of the site's own A per module."""
 
 
 @dataclass(frozen=True)
-class AloraParams(FedItParams):
+class AloraParams(SeedParams):
     """Fed-ALoRA parameters (public seed of the first-round A)."""
 
 
-class ALora:
-    """Shared-B, local-A averaging (sums-only)."""
+class ALora(FactorAveraging[AloraParams]):
+    """Shared-B, local-A averaging (sums-only): B̄ = Σ p_i √s_i B_i (sites use it), Ā likewise (publishing only)."""
 
     name = "alora"
-    phases = 1
+    params_type = AloraParams
 
-    def __init__(self, params: AloraParams | None = None) -> None:
-        """Keep the validated parameters."""
-        self.params = params or AloraParams()
-
-    def _local_a(self, state: MutableMapping[str, Any] | None, module: str, rank: int, k: int) -> torch.Tensor:
+    def _local_a(self, state: SiteState | None, module: str, rank: int, k: int) -> torch.Tensor:
         """The site's own A from its last round, else the shared public init."""
         kept = state.get(STATE_PREFIX + module) if state is not None else None
         if isinstance(kept, torch.Tensor) and tuple(kept.shape) == (rank, k):
             return kept.clone()
         return shared_a(self.params.seed, module, rank, k)
 
-    def start(
-        self,
-        glob: Aggregate | None,
-        ctx: RoundContext,
-        site: str,
-        alpha: float,
-        state: MutableMapping[str, Any] | None = None,
-    ) -> TrainingPlan:
+    def plan(self, start: SiteStart) -> TrainingPlan:
         """B from the global, A the site's own."""
-        rank = site_rank(ctx, site)
-        scaling = lora_scaling(alpha, rank, self.params.rslora)
-        prev = glob.adapter if glob is not None else None
-        if prev is not None:
-            check_modules(prev, ctx, "the global adapter")
+        rank, scaling = start.lora(self.params.rslora)
+        prev = start.global_adapter()
         init: Adapter = {}
-        for m, (d, k) in ctx.shapes.items():
+        for m, (d, k) in start.ctx.shapes.items():
             if prev is None:
                 b = torch.zeros(d, rank)
             else:
                 b = site_slice(prev[m], m, rank, scaling, self.params.seed).B
-            init[m] = LoraFactors(A=self._local_a(state, m, rank, k), B=b, scaling=scaling)
+            init[m] = LoraFactors(A=self._local_a(start.state, m, rank, k), B=b, scaling=scaling)
         return TrainingPlan(rank=rank, scaling=scaling, init=init)
 
-    def vectors(
-        self,
-        phase: int,
-        update: LocalUpdate,
-        n: int,
-        ctx: RoundContext,
-        broadcast: Broadcast | None,
-        state: MutableMapping[str, Any] | None = None,
-    ) -> Vectors:
+    def submit(self, submission: Submission) -> Vectors:
         """Keep A in ``state``; submit n·√s·B (and n·√s·A for the published average)."""
-        check_phase(phase, self.phases, self.name)
+        state = submission.state
         if state is None:
             raise ValueError("alora keeps A on the site: pass the agent's persistent state mapping")
-        adapter = trained_adapter(update, ctx)
-        for m, f in adapter.items():
+        for m, f in submission.adapter.items():
             state[STATE_PREFIX + m] = f.A.detach().to(torch.float32).clone()
-        return factor_vectors({m: folded(f, ctx.max_rank) for m, f in adapter.items()}, n)
+        return super().submit(submission)
 
-    def combine(
-        self,
-        phase: int,
-        sums: Mapping[str, np.ndarray],
-        ctx: RoundContext,
-        glob: Aggregate | None,
-        broadcast: Broadcast | None = None,
-    ) -> Aggregate:
-        """B̄ = Σ p_i √s_i B_i (sites use it) and Ā = Σ p_i √s_i A_i (publishing only)."""
-        check_phase(phase, self.phases, self.name)
-        agg = averaged(sums, ctx, self.name)
+    def aggregate(self, sums: PhaseSums) -> Aggregate:
+        """The factor average, marked: its Ā is the average of local A's, which no site starts from."""
+        agg = super().aggregate(sums)
         return Aggregate(adapter=agg.adapter, info={**agg.info, "published_a": "average of local A (not used by sites)"})
-
-

@@ -17,12 +17,13 @@ sites merge into their base before training a fresh LoRA.
 
 Plaintext ``stack`` is the one rule that needs individual factors; it implements
 ``IndividualRule`` instead and the coordinator refuses to run it under secure aggregation.
+The two kinds of rule, and the frozen input each step receives, are in ``strategies/rule.py``.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Mapping, MutableMapping, Protocol, runtime_checkable
+from typing import Any, Mapping
 
 import numpy as np
 import torch
@@ -116,87 +117,3 @@ class Aggregate:
 
 
 Vectors = dict[str, np.ndarray]
-
-
-@runtime_checkable
-class Rule(Protocol):
-    """A sums-only aggregation rule (runs under secure aggregation)."""
-
-    name: str
-    phases: int
-
-    def start(
-        self,
-        glob: Aggregate | None,
-        ctx: RoundContext,
-        site: str,
-        alpha: float,
-        state: MutableMapping[str, Any] | None = None,
-    ) -> TrainingPlan:
-        """Client half: how to prepare local training from the current global state.
-
-        ``state`` is the site's own persistent mapping (kept by the agent across rounds and
-        between ``start`` and ``vectors``); rules that keep local factors or need the previous
-        global at submission time read and write it. ``None`` means the rule gets no memory.
-        """
-        ...
-
-    def vectors(
-        self,
-        phase: int,
-        update: LocalUpdate,
-        n: int,
-        ctx: RoundContext,
-        broadcast: Broadcast | None,
-        state: MutableMapping[str, Any] | None = None,
-    ) -> Vectors:
-        """Client half: the weighted arrays submitted to the secure sum of ``phase`` (0-based)."""
-        ...
-
-    def combine(
-        self,
-        phase: int,
-        sums: Mapping[str, np.ndarray],
-        ctx: RoundContext,
-        glob: Aggregate | None,
-        broadcast: Broadcast | None = None,
-    ) -> Broadcast | Aggregate:
-        """Server half: turn the phase's sums into a broadcast or the next global state.
-
-        ``broadcast`` is what the previous phase's ``combine`` returned (multi-phase rules need
-        it; they fall back to the copy the same instance kept if it is ``None``).
-        """
-        ...
-
-
-@runtime_checkable
-class IndividualRule(Protocol):
-    """A rule that needs each site's own factors (plaintext only, never under SecAgg)."""
-
-    name: str
-
-    def start(
-        self,
-        glob: Aggregate | None,
-        ctx: RoundContext,
-        site: str,
-        alpha: float,
-        state: MutableMapping[str, Any] | None = None,
-    ) -> TrainingPlan:
-        """Client half: how to prepare local training (``state`` as in ``Rule.start``)."""
-        ...
-
-    def vectors(self, update: LocalUpdate, n: int, ctx: RoundContext) -> Vectors:
-        """Client half: the site's unweighted factors plus ``N_KEY``."""
-        ...
-
-    def combine_individual(
-        self, updates: Mapping[str, Mapping[str, np.ndarray]], ctx: RoundContext, glob: Aggregate | None
-    ) -> Aggregate:
-        """Server half: combine individual submissions (site id -> vectors)."""
-        ...
-
-
-def to_numpy(t: torch.Tensor) -> np.ndarray:
-    """Detach a tensor to a float32 numpy array (vectors travel as float32 unless a rule says so)."""
-    return t.detach().to(torch.float32).cpu().numpy()

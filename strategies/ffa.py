@@ -12,40 +12,26 @@ B̄'s first r_i columns divided by s_i (lossy only for the columns it cannot hol
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Mapping, MutableMapping
-
-import numpy as np
 import torch
 
-from .base import N_KEY, Aggregate, Broadcast, LocalUpdate, RoundContext, TrainingPlan, Vectors
-from .fedit import check_phase, trained_adapter
-from .lora import Adapter, LoraFactors, lora_scaling
-from .rule_params import RuleParams, check_int
+from .base import N_KEY, Aggregate, TrainingPlan, Vectors
+from .lora import Adapter, LoraFactors
+from .rule import Configured, PhaseSums, Rule, SiteStart, Submission
+from .rule_params import SeedParams
 from .shared_init import shared_a
-from .submission import check_modules, count_vector, key, mean, pad_b, site_rank, total_count, weighted
+from .submission import count_vector, key, pad_b, weighted
 
 
 @dataclass(frozen=True)
-class FfaParams(RuleParams):
-    """FFA-LoRA parameters."""
-
-    seed: int = 0
-    """Public seed of the frozen shared A."""
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        check_int("seed", self.seed, 0)
+class FfaParams(SeedParams):
+    """FFA-LoRA parameters (the public seed of the frozen shared A)."""
 
 
-class FfaLora:
+class FfaLora(Configured[FfaParams], Rule):
     """FFA-LoRA: frozen shared A, averaged B (sums-only, exact)."""
 
     name = "ffa"
-    phases = 1
-
-    def __init__(self, params: FfaParams | None = None) -> None:
-        """Keep the validated parameters."""
-        self.params = params or FfaParams()
+    params_type = FfaParams
 
     def _b_start(self, glob: Adapter | None, module: str, d: int, rank: int, scaling: float) -> torch.Tensor:
         """B's start: the global B̄'s first columns in the site's scaling (zeros in round one)."""
@@ -60,56 +46,29 @@ class FfaLora:
         b[:, :keep] = (f.scaling / scaling) * f.B[:, :keep].to(torch.float32)
         return b
 
-    def start(
-        self,
-        glob: Aggregate | None,
-        ctx: RoundContext,
-        site: str,
-        alpha: float,
-        state: MutableMapping[str, Any] | None = None,
-    ) -> TrainingPlan:
+    def plan(self, start: SiteStart) -> TrainingPlan:
         """Frozen shared A (first r_i rows), B from the global; train B only."""
-        rank = site_rank(ctx, site)
-        scaling = lora_scaling(alpha, rank, self.params.rslora)
-        prev = glob.adapter if glob is not None else None
-        if prev is not None:
-            check_modules(prev, ctx, "the global adapter")
+        rank, scaling = start.lora(self.params.rslora)
+        prev = start.global_adapter()
         init: Adapter = {}
-        for m, (d, k) in ctx.shapes.items():
+        for m, (d, k) in start.ctx.shapes.items():
             a = shared_a(self.params.seed, m, rank, k)
             init[m] = LoraFactors(A=a, B=self._b_start(prev, m, d, rank, scaling), scaling=scaling)
         return TrainingPlan(rank=rank, scaling=scaling, init=init, train_a=False)
 
-    def vectors(
-        self,
-        phase: int,
-        update: LocalUpdate,
-        n: int,
-        ctx: RoundContext,
-        broadcast: Broadcast | None,
-        state: MutableMapping[str, Any] | None = None,
-    ) -> Vectors:
+    def submit(self, submission: Submission) -> Vectors:
         """n·s·B zero-padded to the cohort's largest rank."""
-        check_phase(phase, self.phases, self.name)
-        adapter = trained_adapter(update, ctx)
+        adapter, n = submission.adapter, submission.n
         out: Vectors = {N_KEY: count_vector(n)}
         for m, f in adapter.items():
-            out[key(m, "B")] = weighted(f.scaling * pad_b(f.B, ctx.max_rank), n)
+            out[key(m, "B")] = weighted(f.scaling * pad_b(f.B, submission.ctx.max_rank), n)
         return out
 
-    def combine(
-        self,
-        phase: int,
-        sums: Mapping[str, np.ndarray],
-        ctx: RoundContext,
-        glob: Aggregate | None,
-        broadcast: Broadcast | None = None,
-    ) -> Aggregate:
+    def aggregate(self, sums: PhaseSums) -> Aggregate:
         """B̄ = Σ p_i s_i B_i, published with the shared A_max and scaling 1."""
-        check_phase(phase, self.phases, self.name)
-        total = total_count(sums)
+        total, ctx = sums.total, sums.ctx
         adapter: Adapter = {}
         for m, (_, k) in ctx.shapes.items():
-            b = mean(sums, key(m, "B"), total).to(torch.float32)
+            b = sums.mean(key(m, "B"), total).to(torch.float32)
             adapter[m] = LoraFactors(A=shared_a(self.params.seed, m, ctx.max_rank, k), B=b, scaling=1.0)
         return Aggregate(adapter=adapter, info={"rule": self.name, "rank": ctx.max_rank, "samples": total})

@@ -12,14 +12,12 @@ The global is the averaged update itself (not cumulative): sites' factors alread
 
 from __future__ import annotations
 
-from typing import Any, Mapping, MutableMapping
-
-import numpy as np
-
-from .base import Aggregate, Broadcast, RoundContext, TrainingPlan
-from .fedit import averaging_start
+from .base import Aggregate, RoundContext, TrainingPlan
+from .factor_averaging import averaging_start
 from .lowrank import refactor_cumulative
+from .rule import PhaseSums, SiteStart
 from .secure_stack import SketchedRule
+from .sketch import Recovered
 
 SEED = 0
 """Public seed for rows a site needs beyond the global's rank (and the round-one start)."""
@@ -34,29 +32,12 @@ class FlexLora(SketchedRule):
         """FlexLoRA publishes at the cohort's largest rank unless configured."""
         return ctx.max_rank
 
-    def start(
-        self,
-        glob: Aggregate | None,
-        ctx: RoundContext,
-        site: str,
-        alpha: float,
-        state: MutableMapping[str, Any] | None = None,
-    ) -> TrainingPlan:
+    def plan(self, start: SiteStart) -> TrainingPlan:
         """The site's rank-r_i slice of the global SVD (the global is stored SVD-ordered)."""
-        return averaging_start(glob, ctx, site, alpha, self.params.rslora, SEED)
+        return averaging_start(start, self.params.rslora, SEED)
 
-    def combine(
-        self,
-        phase: int,
-        sums: Mapping[str, np.ndarray],
-        ctx: RoundContext,
-        glob: Aggregate | None,
-        broadcast: Broadcast | None = None,
-    ) -> Broadcast | Aggregate:
-        """Last phase: SVD of Q·X truncated to the publishing rank; before it, broadcast Q."""
-        rec = self.sketched_sum(phase, sums, ctx, broadcast)
-        if isinstance(rec, Broadcast):
-            return rec
-        adapter, info, _ = refactor_cumulative(None, rec.products, self.params.cap(ctx.max_rank), self.params.rtol)
-        info.update(self.info(ctx, rec))
+    def publish(self, sums: PhaseSums, rec: Recovered) -> Aggregate:
+        """The SVD of Q·X truncated to the publishing rank."""
+        adapter, info, _ = refactor_cumulative(None, rec.products, self.params.cap(sums.ctx.max_rank), self.params.rtol)
+        info.update(self.info(sums.ctx, rec))
         return Aggregate(adapter=adapter, info=info)

@@ -20,15 +20,15 @@ tensors (the agent persists its state with ``torch.save`` and reloads it with ``
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Mapping, MutableMapping
+from typing import Any, Mapping
 
-import numpy as np
 import torch
 
-from .base import Aggregate, Broadcast, LocalUpdate, RoundContext, TrainingPlan, Vectors
-from .fedit import averaged, averaging_start, check_phase, factor_vectors, folded, trained_adapter
+from .base import RoundContext, TrainingPlan
+from .factor_averaging import FactorAveraging, folded
 from .lora import Adapter
-from .rule_params import RuleParams, check_float, check_int
+from .rule import SiteStart, Submission
+from .rule_params import SeedParams, check_float
 
 STATE_PREFIX = "rotalign/reference/"
 """Where ``start`` leaves the previous global's folded (Ā, B̄) for ``vectors``: ``<prefix><module>/A`` and ``/B``."""
@@ -37,18 +37,15 @@ STATE_ROUND = "rotalign/round"
 
 
 @dataclass(frozen=True)
-class RotAlignParams(RuleParams):
-    """FedRot-LoRA parameters."""
+class RotAlignParams(SeedParams):
+    """FedRot-LoRA parameters (and the public seed of the shared round-one A)."""
 
     lam: float = 1.0
     """Alignment strength λ in [0, 1]: 1 applies the Procrustes rotation, 0 none."""
-    seed: int = 0
-    """Public seed of the shared round-one A."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
         check_float("lam", self.lam, 0.0, 1.0)
-        check_int("seed", self.seed, 0)
 
 
 def procrustes(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -96,25 +93,15 @@ def stored_reference(state: Mapping[str, Any] | None, ctx: RoundContext) -> dict
     return refs or None
 
 
-class RotAlign:
-    """FedRot-LoRA rotation-aligned factor averaging (sums-only)."""
+class RotAlign(FactorAveraging[RotAlignParams]):
+    """FedRot-LoRA rotation-aligned factor averaging (sums-only): Ā = Σ p_i A'_i, B̄ = Σ p_i B'_i."""
 
     name = "rotalign"
-    phases = 1
+    params_type = RotAlignParams
 
-    def __init__(self, params: RotAlignParams | None = None) -> None:
-        """Keep the validated parameters."""
-        self.params = params or RotAlignParams()
-
-    def start(
-        self,
-        glob: Aggregate | None,
-        ctx: RoundContext,
-        site: str,
-        alpha: float,
-        state: MutableMapping[str, Any] | None = None,
-    ) -> TrainingPlan:
+    def plan(self, start: SiteStart) -> TrainingPlan:
         """As FedIT; also remember the previous global's folded factors in ``state`` for the alignment."""
+        state, glob, ctx = start.state, start.glob, start.ctx
         if state is not None:
             for name in [k for k in state if k.startswith(STATE_PREFIX)]:
                 del state[name]
@@ -123,7 +110,7 @@ class RotAlign:
                 for m in glob.adapter:
                     ref_a, ref_b = reference(glob.adapter, m, ctx.max_rank)
                     state[f"{STATE_PREFIX}{m}/A"], state[f"{STATE_PREFIX}{m}/B"] = ref_a, ref_b
-        return averaging_start(glob, ctx, site, alpha, self.params.rslora, self.params.seed)
+        return super().plan(start)
 
     def aligned(self, adapter: Adapter, ctx: RoundContext,
                 refs: Mapping[str, tuple[torch.Tensor, torch.Tensor]] | None) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
@@ -141,28 +128,7 @@ class RotAlign:
             out[m] = (a, b)
         return out
 
-    def vectors(
-        self,
-        phase: int,
-        update: LocalUpdate,
-        n: int,
-        ctx: RoundContext,
-        broadcast: Broadcast | None,
-        state: MutableMapping[str, Any] | None = None,
-    ) -> Vectors:
-        """n·A' and n·B' after rotating toward the previous global (none in round one)."""
-        check_phase(phase, self.phases, self.name)
-        adapter = trained_adapter(update, ctx)
-        return factor_vectors(self.aligned(adapter, ctx, stored_reference(state, ctx)), n)
-
-    def combine(
-        self,
-        phase: int,
-        sums: Mapping[str, np.ndarray],
-        ctx: RoundContext,
-        glob: Aggregate | None,
-        broadcast: Broadcast | None = None,
-    ) -> Aggregate:
-        """Ā = Σ p_i A'_i, B̄ = Σ p_i B'_i."""
-        check_phase(phase, self.phases, self.name)
-        return averaged(sums, ctx, self.name)
+    def factors(self, submission: Submission) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """(A', B') after rotating toward the previous global (none in round one)."""
+        s = submission
+        return self.aligned(s.adapter, s.ctx, stored_reference(s.state, s.ctx))

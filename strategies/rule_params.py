@@ -26,6 +26,18 @@ class RuleParams:
             raise ValueError(f"rslora must be a bool, got {self.rslora!r}")
 
 
+@dataclass(frozen=True)
+class SeedParams(RuleParams):
+    """Parameters of the rules that start every site from a public shared A."""
+
+    seed: int = 0
+    """Public seed of the shared A (round one's start, or the frozen A)."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_int("seed", self.seed, 0)
+
+
 def build_params(cls: type[P], values: Mapping[str, Any], rule: str) -> P:
     """Construct ``cls`` from ``values``, naming the rule and any unknown parameter."""
     known = {f.name for f in dataclasses.fields(cls)}

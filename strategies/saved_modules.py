@@ -22,13 +22,13 @@ another. Here the head is federated state, like the adapter:
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Mapping, MutableMapping, Sequence
+from typing import Any, Mapping, Sequence
 
-import numpy as np
 import torch
 
-from .base import Aggregate, Broadcast, LocalUpdate, RoundContext, Rule, TrainingPlan, Vectors
-from .submission import key, mean, total_count, weighted
+from .base import Aggregate, Broadcast, TrainingPlan, Vectors
+from .rule import PhaseSums, SiteStart, Submission, WrappedRule
+from .submission import key, weighted
 
 SUFFIX = "saved"
 """Vector-name suffix of a dense module parameter: ``<module>.<param>/saved``."""
@@ -61,69 +61,44 @@ def check_saved(params: Mapping[str, Any], suffixes: Sequence[str], what: str) -
         raise ValueError(f"{what} holds parameters of modules not in modules_to_save {list(suffixes)}: {bad[:3]}")
 
 
-class SavedModules:
+class SavedModules(WrappedRule):
     """Wrap a sums-only rule so that the round's ``modules_to_save`` are trained and averaged densely."""
 
-    def __init__(self, inner: Rule) -> None:
-        """Wrap ``inner``; its name and phases are this rule's."""
-        self.inner = inner
-        self.name: str = inner.name
-        self.phases: int = inner.phases
-
-    def start(
-        self,
-        glob: Aggregate | None,
-        ctx: RoundContext,
-        site: str,
-        alpha: float,
-        state: MutableMapping[str, Any] | None = None,
-    ) -> TrainingPlan:
+    def plan(self, start: SiteStart) -> TrainingPlan:
         """The inner rule's plan, plus the saved modules and their start (the global's, if any)."""
-        plan = self.inner.start(glob, ctx, site, alpha, state)
-        if not ctx.saved:
+        plan = super().plan(start)
+        glob, saved = start.glob, start.ctx.saved
+        if not saved:
             return plan
         init = dict(glob.saved) if glob is not None and glob.saved else None
         if init is not None:
-            check_saved(init, ctx.saved, "the global state")
-        return dataclasses.replace(plan, modules_to_save=tuple(ctx.saved), saved_init=init)
+            check_saved(init, saved, "the global state")
+        return dataclasses.replace(plan, modules_to_save=tuple(saved), saved_init=init)
 
-    def vectors(
-        self,
-        phase: int,
-        update: LocalUpdate,
-        n: int,
-        ctx: RoundContext,
-        broadcast: Broadcast | None,
-        state: MutableMapping[str, Any] | None = None,
-    ) -> Vectors:
+    def submit(self, submission: Submission) -> Vectors:
         """The inner rule's vectors; in the last phase also ``n·θ`` of every saved parameter."""
-        out = self.inner.vectors(phase, update, n, ctx, broadcast, state)
-        if not ctx.saved or phase != self.phases - 1:
+        out = super().submit(submission)
+        update, saved = submission.update, submission.ctx.saved
+        if not saved or submission.phase != self.phases - 1:
             return out
         if not update.saved:
-            raise ValueError(f"the round trains modules_to_save {list(ctx.saved)} but the update has none")
-        check_saved(update.saved, ctx.saved, "the trained update")
+            raise ValueError(f"the round trains modules_to_save {list(saved)} but the update has none")
+        check_saved(update.saved, saved, "the trained update")
         for param, value in sorted(update.saved.items()):
-            out[saved_key(param)] = weighted(value, n)
+            out[saved_key(param)] = weighted(value, submission.n)
         return out
 
-    def combine(
-        self,
-        phase: int,
-        sums: Mapping[str, np.ndarray],
-        ctx: RoundContext,
-        glob: Aggregate | None,
-        broadcast: Broadcast | None = None,
-    ) -> Broadcast | Aggregate:
+    def aggregate(self, sums: PhaseSums) -> Broadcast | Aggregate:
         """The inner rule on its own sums; the saved parameters averaged into ``Aggregate.saved``."""
-        inner_sums = {k: v for k, v in sums.items() if not is_saved_key(k)}
-        out = self.inner.combine(phase, inner_sums, ctx, glob, broadcast)
-        names = sorted(k for k in sums if is_saved_key(k))
+        inner_sums = {k: v for k, v in sums.sums.items() if not is_saved_key(k)}
+        out = super().aggregate(dataclasses.replace(sums, sums=inner_sums))
+        names = sorted(k for k in sums.sums if is_saved_key(k))
+        saved_modules = sums.ctx.saved
         if not isinstance(out, Aggregate) or not names:
-            if isinstance(out, Aggregate) and ctx.saved:
-                raise ValueError(f"the round trains modules_to_save {list(ctx.saved)} but the sums carry none")
+            if isinstance(out, Aggregate) and saved_modules:
+                raise ValueError(f"the round trains modules_to_save {list(saved_modules)} but the sums carry none")
             return out
-        total = total_count(sums)
-        saved = {k[: -len(SUFFIX) - 1]: mean(sums, k, total).to(torch.float32) for k in names}
-        check_saved(saved, ctx.saved, "the sums")
+        total = sums.total
+        saved = {k[: -len(SUFFIX) - 1]: sums.mean(k, total).to(torch.float32) for k in names}
+        check_saved(saved, saved_modules, "the sums")
         return dataclasses.replace(out, saved=saved, info={**out.info, "modules_to_save": sorted(saved)})

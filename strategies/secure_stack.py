@@ -22,14 +22,12 @@ kept for the next round (error feedback, ``stack.FeedbackMemory``).
 
 from __future__ import annotations
 
+from abc import abstractmethod
 from dataclasses import dataclass
-from typing import Any, Mapping, MutableMapping
+from typing import Any
 
-import numpy as np
-
-from .base import Aggregate, Broadcast, LocalUpdate, RoundContext, TrainingPlan, Vectors
-from .fedit import check_phase, trained_adapter
-from .lowrank import refactor_cumulative
+from .base import Aggregate, Broadcast, RoundContext, TrainingPlan, Vectors
+from .rule import Configured, PhaseSums, Rule, SiteStart, Submission
 from .rule_params import check_int
 from .single_pass import single_pass_recover, single_pass_vectors
 from .sketch import MIN_OVERSAMPLING, Recovered, SketchConfig, basis, projection_vectors, recover, sketch_vectors
@@ -82,14 +80,15 @@ class SketchParams(StackParams):
         return SketchConfig(self.oversampling, self.width, self.probes, self.float64, cap, self.corange)
 
 
-class SketchedRule:
+class SketchedRule(Configured[SketchParams], Rule):
     """Shared client half and sketch server half of the sketched rules (one or two secure sums)."""
 
     name = "sketched"
+    params_type = SketchParams
 
     def __init__(self, params: SketchParams | None = None) -> None:
-        """Keep the validated parameters."""
-        self.params = params or SketchParams()
+        """Keep the validated parameters; the phases follow ``passes``."""
+        super().__init__(params)
         self.phases = self.params.passes
         self._basis: Broadcast | None = None
 
@@ -97,36 +96,33 @@ class SketchedRule:
         """The rule's published rank when none is configured."""
         return DEFAULT_PUBLISH_RANK
 
-    def vectors(
-        self,
-        phase: int,
-        update: LocalUpdate,
-        n: int,
-        ctx: RoundContext,
-        broadcast: Broadcast | None,
-        state: MutableMapping[str, Any] | None = None,
-    ) -> Vectors:
+    def submit(self, submission: Submission) -> Vectors:
         """Single pass: n·ΔW·Ω, n·Ψ·ΔW and probes. Two passes: phase 0 n·ΔW·Ω; phase 1 n·QᵀΔW and probes."""
-        check_phase(phase, self.phases, self.name)
-        adapter = trained_adapter(update, ctx)
+        adapter, n, ctx = submission.adapter, submission.n, submission.ctx
         cfg = self.params.sketch(self.default_rank(ctx))
         if self.phases == 1:
             return single_pass_vectors(adapter, n, ctx, cfg)
-        if phase == 0:
+        if submission.phase == 0:
             return sketch_vectors(adapter, n, ctx, cfg)
-        return projection_vectors(adapter, n, ctx, cfg, broadcast)
+        return projection_vectors(adapter, n, ctx, cfg, submission.broadcast)
 
-    def sketched_sum(
-        self, phase: int, sums: Mapping[str, np.ndarray], ctx: RoundContext, broadcast: Broadcast | None
-    ) -> Broadcast | Recovered:
+    def aggregate(self, sums: PhaseSums) -> Broadcast | Aggregate:
+        """Before the last phase the basis Q (two passes); after it the rule's global from ΔW ≈ Q·X."""
+        rec = self.sketched_sum(sums)
+        return rec if isinstance(rec, Broadcast) else self.publish(sums, rec)
+
+    @abstractmethod
+    def publish(self, sums: PhaseSums, rec: Recovered) -> Aggregate:
+        """The next global from the recovered round update (the rule's own step)."""
+
+    def sketched_sum(self, sums: PhaseSums) -> Broadcast | Recovered:
         """Server: the phase-0 basis (two passes), or the recovered ΔW = Q·X (last phase)."""
-        check_phase(phase, self.phases, self.name)
         if self.phases == 1:
-            return single_pass_recover(sums, ctx)
-        if phase == 0:
-            self._basis = basis(sums, ctx)
+            return single_pass_recover(sums.sums, sums.ctx)
+        if sums.phase == 0:
+            self._basis = basis(sums.sums, sums.ctx)
             return self._basis
-        rec = recover(sums, ctx, self._recovered_basis(broadcast))
+        rec = recover(sums.sums, sums.ctx, self._recovered_basis(sums.broadcast))
         self._basis = None
         return rec
 
@@ -156,35 +152,14 @@ class SecureStack(SketchedRule):
         super().__init__(params)
         self.feedback = FeedbackMemory()
 
-    def start(
-        self,
-        glob: Aggregate | None,
-        ctx: RoundContext,
-        site: str,
-        alpha: float,
-        state: MutableMapping[str, Any] | None = None,
-    ) -> TrainingPlan:
+    def plan(self, start: SiteStart) -> TrainingPlan:
         """Fresh LoRA on base + cumulative update."""
-        return stacking_start(glob, ctx, site, alpha, self.params.rslora)
+        return stacking_start(start, self.params.rslora)
 
-    def combine(
-        self,
-        phase: int,
-        sums: Mapping[str, np.ndarray],
-        ctx: RoundContext,
-        glob: Aggregate | None,
-        broadcast: Broadcast | None = None,
-    ) -> Broadcast | Aggregate:
-        """Last phase: cumulative + Q·X (+ fed-back remainder), refactored by SVD; before it, broadcast Q."""
-        rec = self.sketched_sum(phase, sums, ctx, broadcast)
-        if isinstance(rec, Broadcast):
-            return rec
-        prev = glob.adapter if glob is not None else None
-        adapter, info, tail = refactor_cumulative(prev, rec.products, self.params.cap(), self.params.rtol,
-                                                  self.feedback.residual(glob), self.params.tail_rank())
-        info.update(self.info(ctx, rec))
+    def publish(self, sums: PhaseSums, rec: Recovered) -> Aggregate:
+        """Cumulative + Q·X (+ fed-back remainder), refactored by SVD."""
+        adapter, info = self.feedback.refactored(sums.glob, rec.products, self.params)
+        info.update(self.info(sums.ctx, rec))
         retained = float(info["retained_energy"])  # type: ignore[arg-type]
         info["estimated_total_error"] = (rec.estimated_relative_error**2 + max(0.0, 1.0 - retained)) ** 0.5
-        agg = Aggregate(adapter=adapter, info=info)
-        self.feedback.keep(agg, tail)
-        return agg
+        return Aggregate(adapter=adapter, info=info)

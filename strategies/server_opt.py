@@ -17,10 +17,11 @@ start at zero. The first aggregate has no previous global to compare with: it is
 the optimizer starts from it. The state lives in the coordinator's memory (a restart starts it
 again from the newest published version, as Flower's strategies do).
 
-Only rules whose global state lives in fixed coordinates can be wrapped: the averaging rules
-(``fedit``, ``ffa``, ``rotalign``, ``alora``) and ``dense``. Stacking rules (``secure-stack``,
-``flexlora``, ``stack``) refactor their global by SVD every round, so its factors rotate and an
-element-wise optimizer state would mix unrelated coordinates; they are refused by name.
+Only rules whose global state lives in fixed coordinates can be wrapped (``fixed_coordinates`` in their
+registry entry): the averaging rules (``fedit``, ``ffa``, ``rotalign``, ``alora``) and ``dense``. Stacking
+rules (``secure-stack``, ``flexlora``, ``stack``) refactor their global by SVD every round, so its factors
+rotate and an element-wise optimizer state would mix unrelated coordinates; ``registry.federated_rule``
+refuses them.
 """
 
 from __future__ import annotations
@@ -29,18 +30,15 @@ import dataclasses
 import math
 from dataclasses import dataclass
 from enum import Enum
-from typing import Any, Final, Mapping, MutableMapping
+from typing import Any, Mapping
 
-import numpy as np
 import torch
 
-from .base import Aggregate, Broadcast, LocalUpdate, RoundContext, Rule, TrainingPlan, Vectors
+from .base import Aggregate, Broadcast
 from .lora import LoraFactors
+from .rule import PhaseSums, Rule, WrappedRule
 
 F64 = torch.float64
-
-FIXED_COORDINATES: Final = frozenset({"fedit", "ffa", "rotalign", "alora", "dense"})
-"""Rules whose global is a fixed set of tensors the server optimizer can step."""
 
 
 class ServerOptimizer(Enum):
@@ -147,36 +145,19 @@ def rebuild(like: Aggregate, tensors: Mapping[str, torch.Tensor], info: Mapping[
     return Aggregate(adapter=adapter, dense=dense, saved=saved, info=info)
 
 
-class ServerOpt:
+class ServerOpt(WrappedRule):
     """Wrap a fixed-coordinate rule: its aggregate becomes a server-optimizer step from the previous global."""
 
     def __init__(self, inner: Rule, params: ServerOptParams) -> None:
-        """Wrap ``inner`` (refused unless its global lives in fixed coordinates)."""
-        base = getattr(inner, "inner", inner)
-        if getattr(base, "name", inner.name) not in FIXED_COORDINATES:
-            raise ValueError(f"server optimizer {params.kind.value} needs a rule whose global lives in fixed "
-                             f"coordinates {sorted(FIXED_COORDINATES)}; {inner.name!r} refactors its global by SVD "
-                             "every round")
-        self.inner, self.params = inner, params
-        self.name: str = inner.name
-        self.phases: int = inner.phases
+        """Wrap ``inner`` (``registry.federated_rule`` wraps only rules whose global lives in fixed coordinates)."""
+        super().__init__(inner)
+        self.params = params
         self.moments: dict[str, Moments] = {}
         self.steps = 0
 
-    def start(self, glob: Aggregate | None, ctx: RoundContext, site: str, alpha: float,
-              state: MutableMapping[str, Any] | None = None) -> TrainingPlan:
-        """The inner rule's client half, unchanged."""
-        return self.inner.start(glob, ctx, site, alpha, state)
-
-    def vectors(self, phase: int, update: LocalUpdate, n: int, ctx: RoundContext, broadcast: Broadcast | None,
-                state: MutableMapping[str, Any] | None = None) -> Vectors:
-        """The inner rule's client half, unchanged."""
-        return self.inner.vectors(phase, update, n, ctx, broadcast, state)
-
-    def combine(self, phase: int, sums: Mapping[str, np.ndarray], ctx: RoundContext, glob: Aggregate | None,
-                broadcast: Broadcast | None = None) -> Broadcast | Aggregate:
-        """The inner aggregate, then one optimizer step from ``glob`` toward it."""
-        out = self.inner.combine(phase, sums, ctx, glob, broadcast)
+    def aggregate(self, sums: PhaseSums) -> Broadcast | Aggregate:
+        """The inner aggregate, then one optimizer step from the previous global toward it."""
+        out, glob = super().aggregate(sums), sums.glob
         if not isinstance(out, Aggregate):
             return out
         info = {**out.info, "server_optimizer": self.params.kind.value, "server_lr": self.params.eta}

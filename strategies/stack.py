@@ -18,17 +18,17 @@ nothing here averages through an accumulator.)
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Mapping, MutableMapping
+from typing import Mapping
 
 import numpy as np
 import torch
 
 from .base import N_KEY, Aggregate, LocalUpdate, RoundContext, TrainingPlan, Vectors
-from .fedit import trained_adapter
-from .lora import Adapter, lora_scaling
+from .lora import Adapter
 from .lowrank import refactor_cumulative
+from .rule import Configured, IndividualRule, SiteStart
 from .rule_params import RuleParams, check_float, check_int
-from .submission import check_count, check_modules, key, site_rank
+from .submission import check_count, key, trained_adapter
 
 F64 = torch.float64
 
@@ -98,42 +98,39 @@ class FeedbackMemory:
             return None
         return self._residual
 
-    def keep(self, agg: Aggregate, residual: Adapter) -> None:
-        """Remember ``residual`` for the next round, which will start from ``agg``."""
-        self._for, self._residual = agg.adapter, residual or None
+    def refactored(
+        self, glob: Aggregate | None, products: dict[str, tuple[torch.Tensor, torch.Tensor]], params: StackParams
+    ) -> tuple[Adapter, dict[str, object]]:
+        """The cumulative update (``glob`` + the round's products + the residual kept for ``glob``) refactored
+        by SVD to the published-rank cap, and its facts; what the cap truncates is kept for the next round,
+        which will start from the returned adapter."""
+        prev = glob.adapter if glob is not None else None
+        adapter, info, tail = refactor_cumulative(prev, products, params.cap(), params.rtol, self.residual(glob),
+                                                  params.tail_rank())
+        self._for, self._residual = adapter, tail or None
+        return adapter, info
 
 
-def stacking_start(
-    glob: Aggregate | None, ctx: RoundContext, site: str, alpha: float, rslora: bool
-) -> TrainingPlan:
+def stacking_start(start: SiteStart, rslora: bool) -> TrainingPlan:
     """Fresh PEFT-initialised LoRA on base + the cumulative update."""
-    rank = site_rank(ctx, site)
-    merge = glob.adapter if glob is not None else None
-    if merge is not None:
-        check_modules(merge, ctx, "the cumulative adapter")
-    return TrainingPlan(rank=rank, scaling=lora_scaling(alpha, rank, rslora), merge=merge)
+    rank, scaling = start.lora(rslora)
+    return TrainingPlan(rank=rank, scaling=scaling, merge=start.global_adapter("the cumulative adapter"))
 
 
-class Stack:
+class Stack(Configured[StackParams], IndividualRule):
     """Plaintext FLoRA stacking (individual submissions; exact)."""
 
     name = "stack"
+    params_type = StackParams
 
     def __init__(self, params: StackParams | None = None) -> None:
-        """Keep the validated parameters."""
-        self.params = params or StackParams()
+        """Keep the validated parameters and the coordinator's error-feedback memory."""
+        super().__init__(params)
         self.feedback = FeedbackMemory()
 
-    def start(
-        self,
-        glob: Aggregate | None,
-        ctx: RoundContext,
-        site: str,
-        alpha: float,
-        state: MutableMapping[str, Any] | None = None,
-    ) -> TrainingPlan:
+    def plan(self, start: SiteStart) -> TrainingPlan:
         """Fresh LoRA on base + cumulative update."""
-        return stacking_start(glob, ctx, site, alpha, self.params.rslora)
+        return stacking_start(start, self.params.rslora)
 
     def vectors(self, update: LocalUpdate, n: int, ctx: RoundContext) -> Vectors:
         """The site's own ``<module>/A``, ``<module>/B``, ``<module>/scaling`` and ``N_KEY``."""
@@ -165,10 +162,6 @@ class Stack:
                 as_.append((counts[site] / total) * s * torch.from_numpy(np.asarray(v[key(m, "A")], dtype=np.float64)))
                 bs.append(torch.from_numpy(np.asarray(v[key(m, "B")], dtype=np.float64)))
             products[m] = (torch.cat(bs, dim=1), torch.cat(as_, dim=0))
-        prev = glob.adapter if glob is not None else None
-        adapter, info, tail = refactor_cumulative(prev, products, self.params.cap(), self.params.rtol,
-                                                  self.feedback.residual(glob), self.params.tail_rank())
+        adapter, info = self.feedback.refactored(glob, products, self.params)
         info.update(rule=self.name, contributors=len(updates), samples=total, secure=False)
-        agg = Aggregate(adapter=adapter, info=info)
-        self.feedback.keep(agg, tail)
-        return agg
+        return Aggregate(adapter=adapter, info=info)

@@ -14,7 +14,8 @@ from typing import Mapping
 import numpy as np
 import torch
 
-from .base import N_KEY, RoundContext
+from .base import N_KEY, LocalUpdate, RoundContext
+from .lora import Adapter
 
 F64 = torch.float64
 
@@ -95,3 +96,17 @@ def check_modules(found: Mapping[str, object], ctx: RoundContext, what: str) -> 
         missing = sorted(set(ctx.shapes) - set(found))
         extra = sorted(set(found) - set(ctx.shapes))
         raise ValueError(f"{what} does not match the round's modules: missing {missing}, unexpected {extra}")
+
+
+def trained_adapter(update: LocalUpdate, ctx: RoundContext) -> Adapter:
+    """The update's LoRA factors, checked against the round's modules."""
+    if update.adapter is None:
+        raise ValueError("this rule needs trained LoRA factors, the update has none")
+    check_modules(update.adapter, ctx, "the trained adapter")
+    return update.adapter
+
+
+def check_phase(phase: int, phases: int, rule: str) -> None:
+    """Raise ``ValueError`` for a phase the rule does not have."""
+    if not 0 <= phase < phases:
+        raise ValueError(f"rule {rule!r} has phases 0..{phases - 1}, got phase {phase}")

@@ -22,7 +22,8 @@ from fedquilt.coordinator.config import FederationConfig
 from fedquilt.coordinator.orchestrator import Orchestrator
 from fedquilt.coordinator.steps import SiteId, Step
 from fedquilt.proto import codec
-from fedquilt.strategies.base import Aggregate, Broadcast, IndividualRule, LocalUpdate
+from fedquilt.strategies.base import Aggregate, Broadcast, LocalUpdate
+from fedquilt.strategies.rule import IndividualRule
 from fedquilt.strategies.lora import Adapter, LoraFactors
 from fedquilt.strategies.registry import make_rule
 

@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import pytest
 
-from fedquilt.strategies.base import IndividualRule, Rule
-from fedquilt.strategies.registry import INDIVIDUAL, RULES, make_rule
+from fedquilt.strategies.rule import IndividualRule, Rule
+from fedquilt.strategies.server_opt import ServerOpt
+from fedquilt.strategies.base import RoundContext
+from fedquilt.strategies.registry import RULES, federated_rule, make_rule
 
 
 @pytest.mark.parametrize("name", sorted(RULES))
 def test_every_rule_builds_and_follows_its_protocol(name):
     rule = make_rule(name, {})
     assert rule.name == name
-    if name in INDIVIDUAL:
+    if not RULES[name].sums_only:
         assert isinstance(rule, IndividualRule) and not isinstance(rule, Rule)
     else:
         assert isinstance(rule, Rule) and rule.phases >= 1
@@ -47,3 +49,18 @@ def test_bad_values_are_named(name, params, field):
 def test_params_reach_the_rule():
     rule = make_rule("secure-stack", {"oversampling": 12, "publish_rank": 8})
     assert rule.params.oversampling == 12 and rule.params.publish_rank == 8
+
+
+@pytest.mark.parametrize("name", sorted(RULES))
+def test_each_entry_says_what_its_rule_does(name):
+    entry = RULES[name]
+    rule = entry.build({})
+    assert type(rule) is entry.rule and type(rule.params) is entry.params
+    ctx = RoundContext(round=1, shapes={"m": (6, 5)}, ranks={"s1": 2, "s2": 3})
+    assert rule.start(None, ctx, "s1", 8.0).dense is entry.dense  # a dense global comes from dense training
+    if entry.fixed_coordinates:
+        assert isinstance(federated_rule(name, server_optimizer={"name": "fedavgm"}), ServerOpt)
+    else:
+        with pytest.raises(ValueError, match="fixed coordinates|individual updates"):
+            federated_rule(name, server_optimizer={"name": "fedavgm"})
+    assert sorted(n for n, e in RULES.items() if not e.sums_only) == ["stack"]
