@@ -4,7 +4,9 @@ Theory of operation
 -------------------
 Sites pull work: each RPC from a site records a fact (hello, trained, upload, stage message) and ``wait``
 or ``poll`` hands the site its newest ``Assignment``. A single driver calls ``tick()`` (every fraction of
-a second) and every transition happens there. The parts, each in its own module:
+a second) and every transition happens there: aggregation, publishing and each secure-sum stage change.
+What an RPC does itself is bounded by its own input: an upload is checked and added to the phase's
+running sum as it arrives (memory of one vector). The parts, each in its own module:
 
 - ``mailbox.Mailbox``: enrolled sites, their newest steps, the long poll and liveness (the only threaded part);
 - ``cohort.Cohort``: admission at Hello, who is online with the federation's targets, sampling, the spec;

@@ -54,7 +54,7 @@ class RoundMachine:
     def __init__(self, *, rule: Rule | IndividualRule, fed: FederationConfig, secure: bool, roster: Roster,
                  cohort: Cohort, ledger: Ledger, phases: PhaseFactory, events: Events,
                  site_noise: Mapping[str, float] | None, running: bool) -> None:
-        self.rule, self.fed, self.secure = rule, fed, secure
+        self.fed, self.secure = fed, secure
         self.roster, self.cohort, self.ledger, self.phases, self.events = roster, cohort, ledger, phases, events
         self.site_noise = site_noise
         self.running = running
@@ -81,7 +81,7 @@ class RoundMachine:
         return rnd
 
     def trained(self, rnd: RoundRecord, site: SiteId, report: TrainReport) -> None:
-        """A cohort site finished local training (an identical second report is ignored)."""
+        """A cohort site finished local training (its first report counts; a repeated one is ignored)."""
         if rnd.stage is not RoundStage.TRAINING:
             raise StaleStep(f"round {rnd.spec.round_id} is no longer training")
         rnd.trained.setdefault(site, dict(report))
