@@ -39,7 +39,7 @@ def test_every_service_rpc_and_field_is_commented() -> None:
                 missing.append(f"{path.name}:{i + 1}: {stripped}")
             if stripped.startswith("service ") and "Role" not in above + " ".join(lines[max(0, i - 3):i]):
                 missing.append(f"{path.name}:{i + 1}: service without its role")
-            field = re.match(r"(repeated |map<[^>]+> )?\w+ \w+ = \d+;", stripped)
+            field = re.match(r"(optional |repeated |map<[^>]+> )?[\w.]+ \w+ = \d+;", stripped)
             if field and "//" not in stripped and not above.startswith("//"):
                 missing.append(f"{path.name}:{i + 1}: {stripped}")
     assert not missing, "\n".join(missing)
