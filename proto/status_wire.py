@@ -11,6 +11,7 @@ a caller could break).
 
 from __future__ import annotations
 
+import math
 from datetime import datetime, timezone
 from typing import Any, Mapping
 
@@ -35,9 +36,11 @@ def _names(table: Mapping[str, int]) -> dict[int, str]:
 
 def timestamp_at(seconds: float) -> Timestamp:
     """POSIX seconds -> Timestamp."""
-    ts = Timestamp()
-    ts.FromNanoseconds(round(seconds * 1e9))
-    return ts
+    whole = math.floor(seconds)
+    nanos = round((seconds - whole) * 1e9)  # the fraction alone: a float's 53 bits cannot hold 1e18 ns exactly
+    if nanos >= 1_000_000_000:
+        whole, nanos = whole + 1, nanos - 1_000_000_000
+    return Timestamp(seconds=whole, nanos=nanos)
 
 
 def timestamp_of_iso(text: str | None) -> Timestamp | None:
