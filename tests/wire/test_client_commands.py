@@ -79,3 +79,44 @@ def test_status_shows_per_site_progress_and_secure_sum_step(coordinator: Any) ->
     rnd = w.running.orchestrator.status()["current_round"]
     assert rnd["stage"] == "phase" and rnd["secure_sum_step"] == "declare_layout"
     assert rnd["progress"] == {"site-0": "waiting", "site-1": "waiting"}
+
+
+def test_admin_status_prints_what_the_coordinator_holds_in_the_layout_of_status_json(
+        coordinator: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    """The typed reply decodes back to /status.json's layout, value for value (times to the tenth of a second)."""
+    import json
+
+    w = coordinator()
+    w.publish_one_round()
+    assert main(["admin", *_conn(w), "status"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    held = json.loads(json.dumps(w.running.orchestrator.status()))
+    for got, want in zip(printed["sites"], held["sites"]):
+        assert abs(got.pop("last_seen_seconds_ago") - want.pop("last_seen_seconds_ago")) < 2.0
+    assert printed == held
+    assert printed["history"][0]["version"] == "v0001" and printed["history"][0]["published_at"]
+
+
+def test_admin_sites_prints_when_each_site_was_last_seen(coordinator: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    import calendar
+    import re
+    import time
+
+    w = coordinator()
+    w.hello("site-0")
+    assert main(["admin", *_conn(w), "sites"]) == 0
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("site-0"))
+    found = re.search(r"(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d) \((\d+)s ago\)$", line)
+    assert found, line
+    seen = calendar.timegm(time.strptime(found.group(1), "%Y-%m-%d %H:%M:%S"))
+    assert abs(seen - time.time()) < 10 and int(found.group(2)) <= 5
+
+
+def test_versions_prints_the_publish_time_and_epsilon(coordinator: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    import re
+
+    w = _published(coordinator)
+    assert main(["versions", w.files.model, *_conn(w, "site-1")]) == 0
+    out = capsys.readouterr().out
+    row = next(x for x in out.splitlines() if x.startswith(f"{w.files.model}:v0001"))
+    assert "EPSILON" in out and re.search(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\s+-\s+latest$", row), row
