@@ -212,3 +212,17 @@ def test_identical_retry_of_a_key_advertisement_is_accepted(declare_stage: Any) 
     payload = secagg_wire.encode_secagg(_advertisement(w, "site-0", task))
     assert _submit(w, "site-0", task, payload=payload).accepted
     assert _submit(w, "site-0", task, payload=payload).accepted
+
+
+def test_a_bad_dp_report_is_one_log_line_naming_the_field(coordinator, caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+
+    w: Any = coordinator()
+    task = w.open_round()["site-0"]
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        with pytest.raises(grpc.RpcError) as err:
+            _submit(w, "site-0", task, train=rpb.TrainReport(dp=_dp(delta=5.0)))
+    assert err.value.code() is INVALID and "dp.delta" in err.value.details()
+    lines = [r.getMessage() for r in caplog.records if r.name.startswith(("fedquilt.coordinator", "grpc"))]
+    assert len(lines) == 1 and "refused Submit from site-0: INVALID_ARGUMENT" in lines[0] and "dp.delta" in lines[0], lines
