@@ -120,3 +120,27 @@ def test_versions_prints_the_publish_time_and_epsilon(coordinator: Any, capsys: 
     out = capsys.readouterr().out
     row = next(x for x in out.splitlines() if x.startswith(f"{w.files.model}:v0001"))
     assert "EPSILON" in out and re.search(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\s+-\s+latest$", row), row
+
+
+def test_a_dp_version_lists_its_largest_epsilon_and_round_id(coordinator: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    import torch
+
+    from fedquilt.coordinator.publish import publish
+    from fedquilt.proto import federation_pb2 as pb
+    from fedquilt.strategies.base import Aggregate
+    from fedquilt.strategies.lora import LoraFactors
+    from test_pull_folder import MODULE
+
+    w = coordinator()
+    coord_dir = w.files.root / "coordinator"
+    key, cert = (coord_dir / "coordinator.key").read_bytes(), (coord_dir / "coordinator.pem").read_bytes()
+    agg = Aggregate(adapter={MODULE: LoraFactors(A=torch.ones(2, 16), B=torch.ones(16, 2), scaling=2.0)})
+    facts = {"base_fingerprint": w.fingerprint, "rule": "fedit", "contributors": 2, "cohort": 2, "dropouts": 0,
+             "round_id": "r0001-deadbeef", "privacy": {"site-0": {"epsilon": 1.5, "delta": 1e-5},
+                                                       "site-1": {"epsilon": 2.75, "delta": 1e-5}}}
+    publish(w.running.store, w.files.model, 1, agg, "causal-lm", key, cert, facts)
+    (info,) = w.models("site-0").ListVersions(pb.ListVersionsRequest(model=w.files.model), timeout=5).versions
+    assert info.HasField("epsilon") and info.epsilon == 2.75 and info.round_id == "r0001-deadbeef"
+    assert info.HasField("published_at") and info.published_at.seconds > 1_700_000_000
+    assert main(["versions", w.files.model, *_conn(w, "site-1")]) == 0
+    assert "2.75" in capsys.readouterr().out
