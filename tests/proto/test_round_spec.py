@@ -6,6 +6,8 @@ import dataclasses
 import typing
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from fedquilt.contract import TrainHyper
 from fedquilt.proto import round_pb2 as rpb
@@ -98,3 +100,25 @@ def test_every_rule_parameter_type_has_a_wire_value() -> None:
             kinds = set(typing.get_args(hints[f.name])) or {hints[f.name]}
             assert kinds <= carried, (rule, f.name, hints[f.name])
             encode_spec(FULL.model_copy(update={"params": {f.name: f.default}}))  # the default itself encodes
+
+
+_names = st.text(st.characters(min_codepoint=33, max_codepoint=0x2FFF), min_size=1, max_size=12)
+_param = st.none() | st.booleans() | st.integers(-(2**63), 2**63 - 1) | st.floats(allow_nan=False) | st.text(max_size=20)
+
+
+@settings(max_examples=200, deadline=None)
+@given(params=st.dictionaries(_names, _param, max_size=6),
+       ranks=st.dictionaries(_names, st.integers(1, 2**31 - 1), min_size=1, max_size=5),
+       shapes=st.dictionaries(_names, st.tuples(st.integers(1, 2**20), st.integers(1, 2**20)), min_size=1, max_size=4),
+       weights=st.dictionaries(_names, st.integers(0, 2**62), max_size=5),
+       nonce=st.binary(min_size=16, max_size=16), version=st.none() | st.just("v0007"),
+       local_steps=st.none() | st.integers(1, 2**31 - 1), lr=st.floats(1e-9, 10.0))
+def test_any_spec_round_trips(params: dict[str, typing.Any], ranks: dict[str, int],
+                              shapes: dict[str, tuple[int, int]], weights: dict[str, int], nonce: bytes,
+                              version: str | None, local_steps: int | None, lr: float) -> None:
+    train = {"lr": lr, **({"local_steps": local_steps} if local_steps else {})}
+    spec = RoundSpec(round_id="r0001-x", round=1, rule="fedit", params=params, ranks=ranks, shapes=shapes,
+                     train=train, nonce=nonce.hex(), global_version=version, weights=weights)
+    back = decode_spec(_wire(spec))
+    assert back == spec
+    assert {k: type(v) for k, v in back.params.items()} == {k: type(v) for k, v in params.items()}
