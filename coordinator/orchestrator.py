@@ -41,13 +41,15 @@ from typing import Any, Callable, Mapping, Protocol, Sequence
 import numpy as np
 
 from ..contract import encode_aggregate, round_context
-from ..proto.codec import SESSION_ID_BYTES, RoundSpec, encode_spec, encode_tensors
+from ..proto.codec import SESSION_ID_BYTES, encode_tensors
+from ..proto.round_spec import RoundSpec
 from ..strategies.base import Aggregate, Broadcast, RoundContext
 from ..strategies.rule import IndividualRule, Rule
 from .collect import PlainCollector
 from .config import FederationConfig, Weighting
 from .round_checks import count_problem, federation_shapes, norm_growth_problem, shape_diff
 from .errors import Duplicate, InvalidRequest, Mismatch, NotEnrolled, NotInCohort, StaleStep
+from .manifest import max_epsilon
 from .steps import Assignment, SiteId, Step
 
 log = logging.getLogger("fedquilt.coordinator.rounds")
@@ -460,9 +462,8 @@ class Orchestrator:
                           deadline=now + self.fed.train_timeout, started=now, needed=needed,
                           deadline_utc=_utc_now(self.fed.train_timeout))
         self.current = rnd
-        spec_json = encode_spec(spec)
         for site in cohort:
-            self._assign(site, Step.TRAIN, rnd, spec_json=spec_json)
+            self._assign(site, Step.TRAIN, rnd, spec=spec)
         log.info("round %d opened with %s (%s; %d needed)", number, _sites(len(cohort)), spec.round_id, needed,
                  extra={"round": number})
         self._event("round_opened", round=number, cohort=len(cohort), round_id=spec.round_id)
@@ -544,18 +545,17 @@ class Orchestrator:
         rnd.stage, rnd.phase = RoundStage.PHASE, phase
         rnd.deadline, rnd.stage_started = now + self.fed.stage_timeout, now
         rnd.deadline_utc = _utc_now(self.fed.stage_timeout)
-        spec_json = encode_spec(rnd.spec)
         if self.secure:
             assert self.secure_sum_factory is not None
             rnd.collector = self.secure_sum_factory(rnd=rnd, phase=phase, now=now)
             for site, (kind, payload) in rnd.collector.start().items():
-                self._assign(site, kind, rnd, spec_json=spec_json, payload=payload)
+                self._assign(site, kind, rnd, spec=rnd.spec, payload=payload)
         else:
             rnd.collector = PlainCollector(rnd.participants, keep_individual=isinstance(self.rule, IndividualRule),
                                            modules=rnd.spec.shapes, weights=rnd.spec.weights,
                                            saved=rnd.spec.modules_to_save)
             for site in rnd.participants:
-                self._assign(site, Step.UPLOAD_PLAIN, rnd, spec_json=spec_json)
+                self._assign(site, Step.UPLOAD_PLAIN, rnd, spec=rnd.spec)
 
     def _drive_phase(self, rnd: RoundRecord, now: float) -> None:
         collector = rnd.collector
@@ -570,7 +570,7 @@ class Orchestrator:
                 self._discard(rnd, f"secure sum failed: {exc}")
                 return
             for site, (kind, payload) in moves.items():
-                self._assign(site, kind, rnd, spec_json=encode_spec(rnd.spec), payload=payload)
+                self._assign(site, kind, rnd, spec=rnd.spec, payload=payload)
             if not collector.done:
                 return
             contributors = collector.contributors()
@@ -657,7 +657,7 @@ class Orchestrator:
         entry["version"] = version
         self.history.append(entry)
         published_facts = {"round_id": rnd.spec.round_id, "published_at": _utc_now(),
-                           "epsilon": _epsilon(facts)}  # added after the event below (which names round_id itself)
+                           "epsilon": max_epsilon(facts)}  # added after the event below (which names round_id itself)
         log.info("round %d published as %s (%d contributors)", rnd.number, version, len(rnd.participants),
                  extra={"round": rnd.number, "version": version})
         self._event("round_published", round_id=rnd.spec.round_id, **entry)
@@ -725,12 +725,12 @@ class Orchestrator:
 
     # ---- small pieces -------------------------------------------------------------------------
 
-    def _assign(self, site: SiteId, kind: Step, rnd: RoundRecord | None, spec_json: str = "", payload: bytes = b"",
-                message: str = "") -> None:
+    def _assign(self, site: SiteId, kind: Step, rnd: RoundRecord | None, spec: RoundSpec | None = None,
+                payload: bytes = b"", message: str = "") -> None:
         self._step += 1
         self.sites[site].assignment = Assignment(
             step=self._step, kind=kind, round_id=rnd.spec.round_id if rnd else "", phase=rnd.phase if rnd else 0,
-            spec_json=spec_json, payload=payload, message=message,
+            spec=spec, payload=payload, message=message,
         )
 
     def _assign_all(self, kind: Step, message: str) -> None:
@@ -792,16 +792,6 @@ def _utc_now(later_seconds: float = 0.0) -> str:
     from datetime import datetime, timedelta, timezone
 
     return (datetime.now(timezone.utc) + timedelta(seconds=later_seconds)).isoformat(timespec="seconds")
-
-
-def _epsilon(facts: Mapping[str, Any]) -> float | None:
-    """The largest ε a version's manifest reports (site-level, or the worst site's record-level DP)."""
-    values = [float(p["epsilon"]) for p in (facts.get("privacy") or {}).values()
-              if isinstance(p, Mapping) and isinstance(p.get("epsilon"), (int, float))]
-    site_level = facts.get("site_level_privacy") or {}
-    if isinstance(site_level.get("epsilon"), (int, float)):
-        values.append(float(site_level["epsilon"]))
-    return round(max(values), 4) if values else None
 
 
 def _sites(n: int) -> str:
