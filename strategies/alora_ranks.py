@@ -73,7 +73,8 @@ def projector(seed: int, module: str, site: str, rank: int, shared_rank: int) ->
     q, rr = torch.linalg.qr(raw)
     signs = torch.sign(torch.diagonal(rr))
     signs[signs == 0] = 1.0
-    return q * signs
+    out: torch.Tensor = q * signs
+    return out
 
 
 def site_b(shared_b: torch.Tensor, proj: torch.Tensor) -> torch.Tensor:
