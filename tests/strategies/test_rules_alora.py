@@ -193,3 +193,19 @@ def test_the_published_global_loads_in_stock_peft_as_one_rank_dm_adapter(tmp_pat
                                @ trained[s][m].A.double() for s in RANKS)
         got = dict(merged.named_modules())[m].weight.detach().double()
         torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+
+
+def test_inconsistent_globals_and_updates_are_refused_by_name():
+    rule = ALora()
+    ctx = context(RANKS)
+    (m1, (d1, k1)), (m2, (d2, k2)) = SHAPES.items()
+    ragged = Aggregate(adapter={m1: LoraFactors(A=torch.zeros(WIDTH, k1), B=torch.zeros(d1, WIDTH), scaling=1.0),
+                                m2: LoraFactors(A=torch.zeros(4, k2), B=torch.zeros(d2, 4), scaling=1.0)})
+    with pytest.raises(ValueError, match=r"different widths across modules: \[4, 8\]"):
+        rule.start(ragged, ctx, "s1", ALPHA, state={})
+    state: dict = {}
+    plan = rule.start(None, ctx, "s2", ALPHA, state=state)
+    wrong = {m: LoraFactors(A=torch.zeros(2, f.A.shape[1]), B=torch.zeros(f.B.shape[0], 2), scaling=f.scaling)
+             for m, f in plan.init.items()}  # a trainer that returned rank 2 for a rank-4 plan
+    with pytest.raises(ValueError, match="shapes disagree"):
+        rule.vectors(0, LocalUpdate(adapter=wrong), 5, ctx, None, state=state)
