@@ -19,7 +19,8 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from .proto.codec import CodecError, RoundSpec, decode_tensors, encode_tensors
+from .proto.codec import CodecError, decode_tensors, encode_tensors
+from .proto.round_spec import RoundSpec
 from .strategies.base import Aggregate, RoundContext
 from .strategies.lora import LoraFactors
 

@@ -14,7 +14,6 @@ keeps its step counter, which only grows on the coordinator's side.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import math
 from dataclasses import dataclass, field
@@ -29,6 +28,8 @@ from ..contract import TrainHyper, round_context
 from ..proto import codec
 from ..proto import federation_pb2 as pb
 from ..proto import tensors_pb2 as tpb
+from ..proto.reports import train_report_to_pb
+from ..proto.round_spec import RoundSpec, decode_spec
 from ..strategies.base import Broadcast, LocalUpdate, RoundContext
 from ..strategies.rule import IndividualRule, Rule
 from ..strategies.registry import federated_rule
@@ -48,7 +49,7 @@ log = logging.getLogger("fedquilt.agent")
 class RoundWork:
     """What the agent keeps between the steps of one round."""
 
-    spec: codec.RoundSpec
+    spec: RoundSpec
     rule: Rule | IndividualRule
     ctx: RoundContext
     update: LocalUpdate
@@ -147,7 +148,7 @@ class AgentLoop:
         return self._global_cache[1]
 
     def _train(self, task: pb.Task) -> None:
-        spec = codec.decode_spec(task.spec_json)
+        spec = decode_spec(task.spec)
         rule = federated_rule(spec.rule, spec.params)  # issue 14: the round's modules_to_save travel with the rule
         ctx = round_context(spec)
         glob = self._global(spec.global_version)
@@ -196,7 +197,7 @@ class AgentLoop:
         self.rounds_trained += 1
         log.info("round %d: loss %.4f -> %.4f", spec.round, result.loss_before, result.loss_after)
         self.transport.submit(pb.SubmitRequest(round_id=task.round_id, step=task.step, kind=pb.TRAIN,
-                                               metrics_json=json.dumps(metrics)))
+                                               train=train_report_to_pb(metrics)))
 
     def _dp_refusal(self, hp: TrainHyper) -> str:
         """Why this site's [privacy] floor refuses these hyper-parameters under DP ("" if it does not)."""

@@ -17,7 +17,7 @@ from typing import Any, Callable, Iterable, Mapping, Protocol
 
 import numpy as np
 
-from ..proto import codec
+from ..proto.round_spec import RoundSpec
 from ..proto import federation_pb2 as pb
 from ..proto import tensors_pb2 as tpb
 from ..strategies.base import RoundContext
@@ -61,7 +61,7 @@ class SiteTransport(Protocol):
 class PhaseWork(Protocol):
     """The round a site holds between its steps (``agent.loop.RoundWork``)."""
 
-    spec: codec.RoundSpec
+    spec: RoundSpec
     ctx: RoundContext
     n: int
     metrics: dict[str, Any]

@@ -156,7 +156,9 @@ def _admin_status(files: Any, port: str) -> dict[str, Any]:
     reply = pb_grpc.AdminStub(chan).Status(  # type: ignore[no-untyped-call]  # generated, untyped
         pb.StatusRequest(), timeout=30)
     chan.close()
-    return dict(json.loads(reply.json))
+    from ..proto.status_wire import status_from_pb
+
+    return status_from_pb(reply.status)
 
 
 def _check_with_peft(model_dir: Path, adapter_dir: Path, task: str) -> dict[str, Any]:

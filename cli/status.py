@@ -16,7 +16,7 @@ def register(sub: Any) -> None:
         description="Ask the coordinator (Admin.Status, admin certificates only) and print the federation's state, "
                     "the round in flight with each site's progress, the enrolled sites and the published rounds. "
                     "Sites and consumers read the same facts from the status page (docs/observability.md).")
-    p.add_argument("--json", action="store_true", help="print the raw status JSON")
+    p.add_argument("--json", action="store_true", help="print the status as JSON (the layout of the status page's /status.json)")
     add_connection_args(p, cert_help="an admin certificate (`fedquilt certs issue --role admin`)", config=False)
     p.set_defaults(func=_status)
 
@@ -55,10 +55,11 @@ def render(status: Mapping[str, Any]) -> str:
 def _status(args: argparse.Namespace) -> int:
     from ..proto import federation_pb2 as pb
     from ..proto import federation_pb2_grpc as pb_grpc
+    from ..proto.status_wire import status_from_pb
 
     conn = connection_of(args)
     with conn.plain_errors("status", role="admin"):
         stub = pb_grpc.AdminStub(conn.channel())  # type: ignore[no-untyped-call]  # generated, untyped
-        status = json.loads(stub.Status(pb.StatusRequest(), timeout=30).json)
+        status = status_from_pb(stub.Status(pb.StatusRequest(), timeout=30).status)
     print(json.dumps(status, indent=2) if args.json else render(status))
     return 0

@@ -12,8 +12,8 @@ def register(sub: Any) -> None:
     """Add ``versions``."""
     p = sub.add_parser(
         "versions", help="list published versions of a model (or, with an admin certificate, the models)",
-        description="List the versions of MODEL the coordinator publishes: version, round, rule, publish time and "
-                    "tags. Without MODEL, ask the coordinator which model its federation publishes (needs an admin "
+        description="List the versions of MODEL the coordinator publishes: version, round, rule, publish time, "
+                    "the largest ε of its manifest (DP) and tags. Without MODEL, ask the coordinator which model its federation publishes (needs an admin "
                     "certificate) and list that one. Any certificate of the federation may list a named model.")
     p.add_argument("model", nargs="?", metavar="MODEL", help="model name ([federation] model of the coordinator)")
     add_connection_args(p)
@@ -22,21 +22,20 @@ def register(sub: Any) -> None:
 
 def federation_models(conn: Connection) -> list[str]:
     """The models the coordinator's federation publishes (Admin.Status; admin certificates only)."""
-    import json
-
     from ..proto import federation_pb2 as pb
     from ..proto import federation_pb2_grpc as pb_grpc
 
     with conn.plain_errors("list models (needs an admin certificate; or name the model: `fedquilt versions MODEL`)",
                            role=None):
         stub = pb_grpc.AdminStub(conn.channel())  # type: ignore[no-untyped-call]  # generated, untyped
-        status = json.loads(stub.Status(pb.StatusRequest(), timeout=30).json)
-    return [str(status["model"])]
+        status = stub.Status(pb.StatusRequest(), timeout=30).status
+    return [status.model]
 
 
 def _versions(args: argparse.Namespace) -> int:
     from ..proto import federation_pb2 as pb
     from ..proto import federation_pb2_grpc as pb_grpc
+    from ..proto.status_wire import iso_of
 
     conn = connection_of(args)
     models = [args.model] if args.model else federation_models(conn)
@@ -50,8 +49,10 @@ def _versions(args: argparse.Namespace) -> int:
             print(f"no published versions of model {model!r} on {conn.address} (not a model of this federation, or "
                   "no round has finished yet; the name is [federation] model in the coordinator's config)")
             continue
-        print(f"{'MODEL:VERSION':<32} {'ROUND':>5}  {'RULE':<14} {'PUBLISHED (UTC)':<20} TAGS")
+        print(f"{'MODEL:VERSION':<32} {'ROUND':>5}  {'RULE':<14} {'PUBLISHED (UTC)':<20} {'EPSILON':>8}  TAGS")
         for v in versions:
-            print(f"{model + ':' + v.version:<32} {v.round:>5}  {v.rule:<14} {v.created[:19].replace('T', ' '):<20} "
+            published = iso_of(v.published_at)[:19].replace("T", " ") if v.HasField("published_at") else "-"
+            epsilon = f"{v.epsilon:.3g}" if v.HasField("epsilon") else "-"
+            print(f"{model + ':' + v.version:<32} {v.round:>5}  {v.rule:<14} {published:<20} {epsilon:>8}  "
                   f"{', '.join(v.tags)}")
     return 0

@@ -23,7 +23,7 @@ import secrets
 from dataclasses import dataclass
 from typing import Mapping, Sequence
 
-from ..proto.codec import RoundSpec
+from ..proto.round_spec import RoundSpec
 from .config import FederationConfig, Weighting
 from .errors import InvalidRequest, Mismatch
 from .mailbox import SiteRecord

@@ -16,6 +16,7 @@ from typing import Iterable, Mapping, Sequence
 from ..contract import encode_aggregate
 from ..strategies.base import Aggregate
 from .config import FederationConfig
+from .manifest import max_epsilon
 from .round_record import Events, Publisher, RoundRecord
 from .steps import SiteId
 
@@ -74,7 +75,7 @@ class Ledger:
         entry["version"] = version
         self.history.append(entry)
         published_facts = {"round_id": rnd.spec.round_id, "published_at": utc_now(),
-                           "epsilon": _epsilon(facts)}  # added after the event below (which names round_id itself)
+                           "epsilon": max_epsilon(facts)}  # added after the event below (which names round_id itself)
         log.info("round %d published as %s (%d contributors)", rnd.number, version, len(rnd.participants),
                  extra={"round": rnd.number, "version": version})
         self.events("round_published", round_id=rnd.spec.round_id, **entry)
@@ -123,15 +124,6 @@ class Ledger:
 def utc_now(later_seconds: float = 0.0) -> str:
     """UTC wall time ``later_seconds`` from now, ISO 8601 to the second (for people, never for deadlines)."""
     return (datetime.now(timezone.utc) + timedelta(seconds=later_seconds)).isoformat(timespec="seconds")
-
-
-def _epsilon(facts: Mapping[str, object]) -> float | None:
-    """The largest ε a version's manifest reports (site-level, or the worst site's record-level DP)."""
-    privacy, site_level = facts.get("privacy"), facts.get("site_level_privacy")
-    reports = list(privacy.values()) if isinstance(privacy, Mapping) else []
-    values = [float(eps) for p in [*reports, site_level] if isinstance(p, Mapping)
-              and isinstance(eps := p.get("epsilon"), (int, float))]
-    return round(max(values), 4) if values else None
 
 
 def _mean(values: Iterable[object]) -> float | None:

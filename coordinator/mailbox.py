@@ -24,7 +24,6 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Mapping, Protocol
 
-from ..proto.codec import RoundSpec, encode_spec
 from .errors import NotEnrolled, StaleStep
 from .round_record import Assign
 from .steps import Assignment, SiteId, Step
@@ -69,7 +68,6 @@ class Mailbox:
         self.sites: dict[SiteId, SiteRecord] = {}
         self.lock = threading.Condition(threading.RLock())
         self._step = time.time_ns() // 1000  # grows across restarts, so agents never see a step go back
-        self._spec: tuple[RoundSpec, str] | None = None
 
     # ---- membership ---------------------------------------------------------------------------
 
@@ -160,15 +158,8 @@ class Mailbox:
                 continue
             self._step += 1
             record.assignment = Assignment(step=self._step, kind=action.kind, round_id=action.round_id,
-                                           phase=action.phase, spec_json=self._spec_json(action.spec),
-                                           payload=action.payload, message=action.message)
-
-    def _spec_json(self, spec: RoundSpec | None) -> str:
-        if spec is None:
-            return ""
-        if self._spec is None or self._spec[0] is not spec:  # encoded once per round, not once per site
-            self._spec = (spec, encode_spec(spec))
-        return self._spec[1]
+                                           phase=action.phase, spec=action.spec, payload=action.payload,
+                                           message=action.message)
 
     def assign_all(self, kind: Step, message: str) -> None:
         """Give every enrolled site ``kind`` unless it already has it (SHUTDOWN at the end)."""

@@ -18,7 +18,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from ..manifest import FORMAT, ManifestError, canonical, check_files, verify
 
-__all__ = ["FORMAT", "ManifestError", "canonical", "file_entries", "build", "sign", "verify", "check_files"]
+__all__ = ["FORMAT", "ManifestError", "canonical", "file_entries", "build", "max_epsilon", "sign", "verify",
+           "check_files"]
 
 
 def file_entries(files: Mapping[str, bytes]) -> dict[str, dict[str, Any]]:
@@ -29,6 +30,16 @@ def file_entries(files: Mapping[str, bytes]) -> dict[str, dict[str, Any]]:
 def build(files: Mapping[str, bytes], **facts: Any) -> dict[str, Any]:
     """An unsigned manifest: the files' hashes plus provenance facts (round, rule, contributors, …)."""
     return {"format": FORMAT, "created": datetime.now(timezone.utc).isoformat(), "files": file_entries(files), **facts}
+
+
+def max_epsilon(facts: Mapping[str, Any]) -> float | None:
+    """The largest ε a version's manifest reports (site-level, or the worst site's record-level DP); None: no DP."""
+    values = [float(p["epsilon"]) for p in (facts.get("privacy") or {}).values()
+              if isinstance(p, Mapping) and isinstance(p.get("epsilon"), (int, float))]
+    site_level = facts.get("site_level_privacy") or {}
+    if isinstance(site_level.get("epsilon"), (int, float)):
+        values.append(float(site_level["epsilon"]))
+    return round(max(values), 4) if values else None
 
 
 def sign(manifest: dict[str, Any], key_pem: bytes, cert_pem: bytes) -> dict[str, Any]:

@@ -23,7 +23,7 @@ from typing import Mapping, Protocol, Sequence
 
 import numpy as np
 
-from ..proto.codec import RoundSpec
+from ..proto.round_spec import RoundSpec
 from .steps import SiteId, Step
 
 Moves = dict[SiteId, tuple[Step, bytes]]

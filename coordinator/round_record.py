@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Mapping, Protocol
 
-from ..proto.codec import RoundSpec
+from ..proto.round_spec import RoundSpec
 from ..strategies.base import Aggregate, Broadcast
 from .phase import Phase, PhaseResult
 from .steps import SiteId, Step

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import time
 from contextlib import asynccontextmanager
 import json
 from concurrent.futures import Executor
@@ -26,10 +27,14 @@ import grpc
 import grpc.aio
 from google.protobuf.message import Message
 
-from ..proto import codec
+from ..proto import codec, status_wire
 from ..proto import federation_pb2 as pb
+from ..proto import round_pb2 as rpb
+from ..proto.reports import train_report_from_pb
+from ..proto.round_spec import RoundSpec, encode_spec
 from ..proto import tensors_pb2 as tpb
 from .identity import Authorizer
+from .manifest import max_epsilon
 from .metrics import Direction, Metrics
 from .orchestrator import Orchestrator
 from .peer_limits import PeerLimits
@@ -118,10 +123,23 @@ def unary_stream(edge: Edge, method: str, kind: type[M],
     return grpc.unary_stream_rpc_method_handler(call)
 
 
-def _task(a: Assignment) -> pb.Task:
+class SpecCache:
+    """The wire form of the round's spec, encoded once per round rather than once per poll (one round at a time)."""
+
+    def __init__(self) -> None:
+        self._last: tuple[RoundSpec, rpb.RoundSpec] | None = None
+
+    def __call__(self, spec: RoundSpec) -> rpb.RoundSpec:
+        """``encode_spec(spec)``, reusing the last one for the same spec object."""
+        if self._last is None or self._last[0] is not spec:
+            self._last = (spec, encode_spec(spec))
+        return self._last[1]
+
+
+def _task(a: Assignment, specs: SpecCache) -> pb.Task:
     return pb.Task(step=a.step, kind=pb.StepKind.Value(a.kind.value),  # type: ignore[arg-type]  # int is a StepKind
-                   round_id=a.round_id, phase=a.phase,
-                   spec_json=a.spec_json, payload=a.payload, message=a.message)
+                   round_id=a.round_id, phase=a.phase, spec=None if a.spec is None else specs(a.spec),
+                   payload=a.payload, message=a.message)
 
 
 _SECURE_SUM_STEPS = (Step.DECLARE_LAYOUT, Step.SECAGG_ADVERTISE, Step.SECAGG_SHARE, Step.SECAGG_MASKED,
@@ -141,6 +159,7 @@ class FederationService:
         self.upload_idle, self.upload_total = upload_idle, upload_total
         self.crl_path = crl_path
         """The CA-signed CRL served to sites (they verify its signature, so serving it grants no trust)."""
+        self.specs = SpecCache()
 
     def handlers(self) -> dict[str, Handler]:
         """Method name -> handler."""
@@ -182,10 +201,10 @@ class FederationService:
                 changed = self.wakeups.current()
                 found = await self.edge.run(self.orch.poll, site, after)
                 if found is not None:
-                    return _task(found)
+                    return _task(found, self.specs)
                 left = deadline - loop.time()
                 if left <= 0:
-                    return _task(Assignment(step=after, kind=Step.IDLE))
+                    return _task(Assignment(step=after, kind=Step.IDLE), self.specs)
                 await wait_for_change(changed, min(left, 1.0))  # at least a poll a second: the site's heartbeat
         except asyncio.CancelledError:
             self.orch.gone(site)  # the caller hung up (its process died): offline at once
@@ -243,18 +262,21 @@ class FederationService:
         return pb.Ack(accepted=True, message="accepted" if added else "already received (identical retry)")
 
     async def submit(self, request: pb.SubmitRequest, context: Ctx) -> pb.Ack:
-        """A small step reply (metrics validated against their schema)."""
+        """A small step reply (its report validated against its bounds)."""
         site = self._site(context)
         kind = Step(pb.StepKind.Name(request.kind)) if request.kind else None
+        report = request.WhichOneof("report")
+        if report is not None and (kind, report) not in ((Step.TRAIN, "train"), (Step.SECAGG_UNMASK, "unmask")):
+            raise codec.CodecError(f"Submit of kind {pb.StepKind.Name(request.kind)} does not take a {report} report")
         if kind is Step.TRAIN:
-            metrics = train_metrics(request.metrics_json)
+            metrics = train_metrics(train_report_from_pb(request.train))
             await self.edge.run(self.orch.trained, site, request.round_id, int(request.step), metrics)
         elif request.refusal and kind in _SECURE_SUM_STEPS:
             await self.edge.run(self.orch.secagg_refusal, site, request.round_id, int(request.step), kind,
                                 request.refusal)
             return pb.Ack(accepted=True, message="refusal recorded")
         elif kind in _SECURE_SUM_STEPS and kind is not Step.SECAGG_MASKED:
-            clipped = unmask_metrics(request.metrics_json) if kind is Step.SECAGG_UNMASK else 0
+            clipped = unmask_metrics(int(request.unmask.clipped)) if kind is Step.SECAGG_UNMASK else 0
             await self.edge.run(self.orch.secagg_message, site, request.round_id, int(request.step), kind,
                                 request.payload)
             if clipped:
@@ -289,8 +311,9 @@ class ModelsService:
         for version in self.store.versions(model):
             m = self.store.manifest(model, version)
             out.append(pb.VersionInfo(model=model, version=version, round=int(m.get("round", 0)),
-                                      rule=str(m.get("rule", "")), created=str(m.get("created", "")),
-                                      tags=self.store.tags_of(model, version)))
+                                      rule=str(m.get("rule", "")), round_id=str(m.get("round_id") or ""),
+                                      published_at=status_wire.timestamp_of_iso(m.get("created")),
+                                      epsilon=max_epsilon(m), tags=self.store.tags_of(model, version)))
         return pb.VersionList(versions=out)
 
     async def pull(self, request: pb.PullRequest, context: Ctx) -> list[pb.FileChunk]:
@@ -317,8 +340,15 @@ class AdminService:
 
     name = "fedquilt.v1.Admin"
 
-    def __init__(self, edge: Edge, orch: Orchestrator, wakeups: Wakeups) -> None:
+    def __init__(self, edge: Edge, orch: Orchestrator, wakeups: Wakeups,
+                 wall_clock: Callable[[], float] = time.time) -> None:
         self.edge, self.orch, self.wakeups = edge, orch, wakeups
+        self.wall_clock = wall_clock
+        """Turns the orchestrator's "seconds ago" into the Timestamps of the replies."""
+
+    async def _status(self) -> pb.StatusReply:
+        snapshot = await self.edge.run(self.orch.status)
+        return pb.StatusReply(status=status_wire.status_to_pb(snapshot, self.wall_clock()))
 
     def handlers(self) -> dict[str, Handler]:
         """Method name -> handler."""
@@ -328,24 +358,23 @@ class AdminService:
                 "SetFederationState": unary(e, "SetFederationState", pb.FederationStateRequest, self.set_state)}
 
     async def status(self, request: pb.StatusRequest, context: Ctx) -> pb.StatusReply:
-        """The status snapshot as JSON."""
+        """The status snapshot."""
         self.edge.check(context, Role.ADMIN)
-        return pb.StatusReply(json=json.dumps(await self.edge.run(self.orch.status)))
+        return await self._status()
 
     async def list_sites(self, request: pb.ListSitesRequest, context: Ctx) -> pb.SiteList:
         """Every known site."""
         self.edge.check(context, Role.ADMIN)
         sites = (await self.edge.run(self.orch.status))["sites"]
-        return pb.SiteList(sites=[pb.SiteInfo(site_id=s["site"], online=s["online"], num_samples=s["num_samples"],
-                                              lora_rank=s["rank"], last_seen=f"{s['last_seen_seconds_ago']}s ago")
-                                  for s in sites])
+        now = self.wall_clock()
+        return pb.SiteList(sites=[status_wire.site_info(s, now) for s in sites])
 
     async def set_state(self, request: pb.FederationStateRequest, context: Ctx) -> pb.StatusReply:
         """Start or pause the federation."""
         self.edge.check(context, Role.ADMIN)
         await self.edge.run(self.orch.set_running, bool(request.running))
         self.wakeups.changed(force=True)
-        return pb.StatusReply(json=json.dumps(await self.edge.run(self.orch.status)))
+        return await self._status()
 
 
 def generic_handlers(*services: FederationService | ModelsService | AdminService) -> list[grpc.GenericRpcHandler]:

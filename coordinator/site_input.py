@@ -4,12 +4,14 @@ A site is an organisation the others do not control: every number it declares (s
 alpha, shapes) and every metric it reports is validated here, so that a string where a loss belongs,
 a rank of 2^31 − 1 or a count of 2^40 is refused with INVALID_ARGUMENT instead of being stored and
 failing later inside the round driver. ``pydantic.ValidationError`` is turned into
-``errors.InvalidRequest`` naming the first bad field.
+``errors.InvalidRequest`` naming the first bad field. Reports arrive as typed messages (round.proto),
+decoded to dicts by ``proto.reports``; protobuf already refuses a string where a number belongs, and
+the checks here refuse what a number field can still carry: NaN, infinities, negative counts, a DP
+report whose delta is not a probability, an oversized string.
 """
 
 from __future__ import annotations
 
-import json
 import math
 from typing import Any, Mapping, TypeVar
 
@@ -22,8 +24,8 @@ MAX_SAMPLES = 2**31 - 1
 MAX_DIM = 1 << 20
 MAX_MODULES = 4096
 MAX_NAME = 512
-MAX_METRICS_BYTES = 65536
-_JsonScalar = float | int | str | bool | None
+MAX_LABEL = 64
+"""Longest free-text value of a report (a DP mode or accountant name)."""
 M = TypeVar("M", bound=BaseModel)
 
 
@@ -59,6 +61,36 @@ class HelloFacts(_Frozen):
         return v
 
 
+def _finite_or_none(v: Any) -> Any:
+    if v is None:
+        return v
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or abs(v) > 1e12:
+        raise ValueError(f"must be a finite number or null, got {v!r}")
+    return float(v)
+
+
+class DpMetrics(_Frozen):
+    """A site's DP-SGD report (round.proto ``DpReport``), copied into the manifest: sane numbers only."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=False)
+
+    epsilon: float | None = Field(None, ge=0)
+    delta: float = Field(ge=0, le=1)
+    noise_multiplier: float = Field(ge=0)
+    max_grad_norm: float = Field(ge=0)
+    steps: int = Field(ge=0, le=2**53)
+    rounds: int = Field(ge=0, le=2**31)
+    mode: str = Field(max_length=MAX_LABEL)
+    round_steps: int = Field(ge=0, le=2**53)
+    sample_rate: float = Field(ge=0, le=1)
+    accountant: str = Field(max_length=MAX_LABEL)
+
+    @field_validator("epsilon", "delta", "noise_multiplier", "max_grad_norm", "sample_rate", mode="before")
+    @classmethod
+    def _number(cls, v: Any) -> Any:
+        return _finite_or_none(v)
+
+
 class TrainMetrics(_Frozen):
     """A TRAIN report: numbers for the history and the status page, the DP report for the manifest."""
 
@@ -69,7 +101,7 @@ class TrainMetrics(_Frozen):
     loss_after: float | None = None
     eval_loss: float | None = None
     steps: int | None = Field(None, ge=0, le=2**31)
-    dp: dict[str, _JsonScalar] | None = Field(None, max_length=32)
+    dp: DpMetrics | None = None
 
     @field_validator("n", "steps", mode="before")
     @classmethod
@@ -81,11 +113,7 @@ class TrainMetrics(_Frozen):
     @field_validator("loss_before", "loss_after", "eval_loss", mode="before")
     @classmethod
     def _number(cls, v: Any) -> Any:
-        if v is None:
-            return v
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or abs(v) > 1e12:
-            raise ValueError(f"must be a finite number or null, got {v!r}")
-        return float(v)
+        return _finite_or_none(v)
 
 
 class UnmaskMetrics(_Frozen):
@@ -106,26 +134,14 @@ def hello_facts(**fields: Any) -> HelloFacts:
     return _validated(HelloFacts, fields, "Hello")
 
 
-def train_metrics(text: str) -> dict[str, Any]:
-    """A TRAIN report's metrics_json, validated; only the fields that were sent."""
-    return _validated(TrainMetrics, _json_object(text), "metrics_json").model_dump(exclude_unset=True)
+def train_metrics(report: Mapping[str, Any]) -> dict[str, Any]:
+    """A TRAIN report (decoded by ``proto.reports``), validated; only the fields that were sent."""
+    return _validated(TrainMetrics, report, "train report").model_dump(exclude_unset=True)
 
 
-def unmask_metrics(text: str) -> int:
-    """The clipped-value count an unmasking reply carries (0 when absent)."""
-    return _validated(UnmaskMetrics, _json_object(text), "metrics_json").clipped
-
-
-def _json_object(text: str) -> Mapping[str, Any]:
-    if len(text) > MAX_METRICS_BYTES:
-        raise InvalidRequest(f"metrics_json must be under {MAX_METRICS_BYTES} bytes, got {len(text)}")
-    try:
-        value = json.loads(text or "{}")
-    except (json.JSONDecodeError, RecursionError) as exc:
-        raise InvalidRequest(f"metrics_json is not JSON: {exc}") from None
-    if not isinstance(value, dict):
-        raise InvalidRequest(f"metrics_json must be a JSON object, got {type(value).__name__}")
-    return value
+def unmask_metrics(clipped: int) -> int:
+    """The clipped-value count an unmasking reply carries, validated."""
+    return _validated(UnmaskMetrics, {"clipped": clipped}, "unmask report").clipped
 
 
 def _validated(model: type[M], fields: Mapping[str, Any], what: str) -> M:

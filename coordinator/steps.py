@@ -6,6 +6,8 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import NewType
 
+from ..proto.round_spec import RoundSpec
+
 SiteId = NewType("SiteId", str)
 
 
@@ -33,6 +35,7 @@ class Assignment:
     kind: Step
     round_id: str = ""
     phase: int = 0
-    spec_json: str = ""
+    spec: RoundSpec | None = None
+    """The round's spec (encoded for the wire by the servicer); None outside a round."""
     payload: bytes = b""
     message: str = ""

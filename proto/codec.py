@@ -1,4 +1,7 @@
-"""Conversions between wire messages and plain Python values (the only hand-written module here).
+"""Conversions between wire messages and plain Python values: tensors, chunked streams, secagg framing.
+
+The other hand-written modules here convert the typed messages of one concern each: ``round_spec``
+(Task.spec), ``reports`` (what a site reports in Submit) and ``status_wire`` (the Admin replies).
 
 Tensors travel as safetensors bytes, chunked into ~1 MiB messages; every stream ends with the
 sha256 of the whole payload, and the receiver checks it and the declared size before using a byte.
@@ -10,7 +13,6 @@ import hashlib
 from typing import Any, Iterable, Iterator, Mapping
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
 from safetensors.numpy import load as st_load
 from safetensors.numpy import save as st_save
 
@@ -22,47 +24,11 @@ CHUNK_BYTES = 1 << 20
 
 
 class CodecError(ValueError):
-    """A message that cannot be decoded: bad hash, bad size, bad tensor bytes, bad spec."""
+    """A message that cannot be decoded (bad hash, size, tensor bytes, spec) or a value the wire cannot carry."""
 
 
 class StreamTooLarge(CodecError):
     """A stream over its configured size limit (answered with RESOURCE_EXHAUSTED)."""
-
-
-class RoundSpec(BaseModel):
-    """Everything a site needs to take part in one round (travels as JSON in ``Task.spec_json``)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    round_id: str
-    round: int = Field(ge=1)
-    rule: str
-    params: dict[str, Any] = Field(default_factory=dict)
-    ranks: dict[str, int]
-    shapes: dict[str, tuple[int, int]]
-    train: dict[str, Any] = Field(default_factory=dict)
-    nonce: str
-    """Hex randomness of this round (public; binds sketches and masks to the round)."""
-    global_version: str | None = None
-    secagg: dict[str, Any] | None = None
-    """Secure-aggregation parameters, or None for plaintext aggregation."""
-    weights: dict[str, int] = Field(default_factory=dict)
-    """The count n each site weights its submission by (the federation's weighting, capped); empty: its own."""
-    modules_to_save: list[str] = Field(default_factory=list)
-    """Modules trained and averaged densely next to the adapter (e.g. a seq-cls head; issue 14)."""
-
-
-def encode_spec(spec: RoundSpec) -> str:
-    """RoundSpec -> JSON."""
-    return spec.model_dump_json()
-
-
-def decode_spec(text: str) -> RoundSpec:
-    """JSON -> RoundSpec, with a precise error."""
-    try:
-        return RoundSpec.model_validate_json(text)
-    except ValueError as exc:
-        raise CodecError(f"malformed round spec: {exc}") from None
 
 
 # --- tensors -------------------------------------------------------------------------------------

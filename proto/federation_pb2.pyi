@@ -1,3 +1,7 @@
+import datetime
+
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from . import round_pb2 as _round_pb2
 from . import tensors_pb2 as _tensors_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
@@ -22,6 +26,29 @@ class StepKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     SHUTDOWN: _ClassVar[StepKind]
     DECLARE_LAYOUT: _ClassVar[StepKind]
     SECAGG_CONSISTENCY: _ClassVar[StepKind]
+
+class FederationState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    FEDERATION_STATE_UNSPECIFIED: _ClassVar[FederationState]
+    FEDERATION_STATE_RUNNING: _ClassVar[FederationState]
+    FEDERATION_STATE_PAUSED: _ClassVar[FederationState]
+    FEDERATION_STATE_FINISHED: _ClassVar[FederationState]
+
+class RoundStage(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    ROUND_STAGE_UNSPECIFIED: _ClassVar[RoundStage]
+    ROUND_STAGE_TRAINING: _ClassVar[RoundStage]
+    ROUND_STAGE_PHASE: _ClassVar[RoundStage]
+    ROUND_STAGE_DONE: _ClassVar[RoundStage]
+
+class SiteProgress(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    SITE_PROGRESS_UNSPECIFIED: _ClassVar[SiteProgress]
+    SITE_PROGRESS_TRAINING: _ClassVar[SiteProgress]
+    SITE_PROGRESS_TRAINED: _ClassVar[SiteProgress]
+    SITE_PROGRESS_WAITING: _ClassVar[SiteProgress]
+    SITE_PROGRESS_SENT: _ClassVar[SiteProgress]
+    SITE_PROGRESS_DROPPED: _ClassVar[SiteProgress]
 STEP_KIND_UNSPECIFIED: StepKind
 IDLE: StepKind
 TRAIN: StepKind
@@ -34,6 +61,20 @@ ROUND_DONE: StepKind
 SHUTDOWN: StepKind
 DECLARE_LAYOUT: StepKind
 SECAGG_CONSISTENCY: StepKind
+FEDERATION_STATE_UNSPECIFIED: FederationState
+FEDERATION_STATE_RUNNING: FederationState
+FEDERATION_STATE_PAUSED: FederationState
+FEDERATION_STATE_FINISHED: FederationState
+ROUND_STAGE_UNSPECIFIED: RoundStage
+ROUND_STAGE_TRAINING: RoundStage
+ROUND_STAGE_PHASE: RoundStage
+ROUND_STAGE_DONE: RoundStage
+SITE_PROGRESS_UNSPECIFIED: SiteProgress
+SITE_PROGRESS_TRAINING: SiteProgress
+SITE_PROGRESS_TRAINED: SiteProgress
+SITE_PROGRESS_WAITING: SiteProgress
+SITE_PROGRESS_SENT: SiteProgress
+SITE_PROGRESS_DROPPED: SiteProgress
 
 class HelloRequest(_message.Message):
     __slots__ = ("agent_version", "base_fingerprint", "num_samples", "lora_rank", "lora_alpha", "task", "target_shapes")
@@ -85,22 +126,22 @@ class WaitRequest(_message.Message):
     def __init__(self, after_step: _Optional[int] = ..., wait_seconds: _Optional[float] = ...) -> None: ...
 
 class Task(_message.Message):
-    __slots__ = ("step", "kind", "round_id", "phase", "spec_json", "payload", "message")
+    __slots__ = ("step", "kind", "round_id", "phase", "payload", "message", "spec")
     STEP_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     ROUND_ID_FIELD_NUMBER: _ClassVar[int]
     PHASE_FIELD_NUMBER: _ClassVar[int]
-    SPEC_JSON_FIELD_NUMBER: _ClassVar[int]
     PAYLOAD_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    SPEC_FIELD_NUMBER: _ClassVar[int]
     step: int
     kind: StepKind
     round_id: str
     phase: int
-    spec_json: str
     payload: bytes
     message: str
-    def __init__(self, step: _Optional[int] = ..., kind: _Optional[_Union[StepKind, str]] = ..., round_id: _Optional[str] = ..., phase: _Optional[int] = ..., spec_json: _Optional[str] = ..., payload: _Optional[bytes] = ..., message: _Optional[str] = ...) -> None: ...
+    spec: _round_pb2.RoundSpec
+    def __init__(self, step: _Optional[int] = ..., kind: _Optional[_Union[StepKind, str]] = ..., round_id: _Optional[str] = ..., phase: _Optional[int] = ..., payload: _Optional[bytes] = ..., message: _Optional[str] = ..., spec: _Optional[_Union[_round_pb2.RoundSpec, _Mapping]] = ...) -> None: ...
 
 class DownloadRequest(_message.Message):
     __slots__ = ("what", "round_id", "phase")
@@ -149,20 +190,22 @@ class UploadChunk(_message.Message):
     def __init__(self, header: _Optional[_Union[UploadHeader, _Mapping]] = ..., data: _Optional[bytes] = ..., sha256: _Optional[str] = ...) -> None: ...
 
 class SubmitRequest(_message.Message):
-    __slots__ = ("round_id", "step", "kind", "payload", "metrics_json", "refusal")
+    __slots__ = ("round_id", "step", "kind", "payload", "refusal", "train", "unmask")
     ROUND_ID_FIELD_NUMBER: _ClassVar[int]
     STEP_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     PAYLOAD_FIELD_NUMBER: _ClassVar[int]
-    METRICS_JSON_FIELD_NUMBER: _ClassVar[int]
     REFUSAL_FIELD_NUMBER: _ClassVar[int]
+    TRAIN_FIELD_NUMBER: _ClassVar[int]
+    UNMASK_FIELD_NUMBER: _ClassVar[int]
     round_id: str
     step: int
     kind: StepKind
     payload: bytes
-    metrics_json: str
     refusal: str
-    def __init__(self, round_id: _Optional[str] = ..., step: _Optional[int] = ..., kind: _Optional[_Union[StepKind, str]] = ..., payload: _Optional[bytes] = ..., metrics_json: _Optional[str] = ..., refusal: _Optional[str] = ...) -> None: ...
+    train: _round_pb2.TrainReport
+    unmask: _round_pb2.UnmaskReport
+    def __init__(self, round_id: _Optional[str] = ..., step: _Optional[int] = ..., kind: _Optional[_Union[StepKind, str]] = ..., payload: _Optional[bytes] = ..., refusal: _Optional[str] = ..., train: _Optional[_Union[_round_pb2.TrainReport, _Mapping]] = ..., unmask: _Optional[_Union[_round_pb2.UnmaskReport, _Mapping]] = ...) -> None: ...
 
 class Ack(_message.Message):
     __slots__ = ("accepted", "message")
@@ -179,20 +222,24 @@ class ListVersionsRequest(_message.Message):
     def __init__(self, model: _Optional[str] = ...) -> None: ...
 
 class VersionInfo(_message.Message):
-    __slots__ = ("model", "version", "round", "rule", "created", "tags")
+    __slots__ = ("model", "version", "round", "rule", "tags", "published_at", "epsilon", "round_id")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     ROUND_FIELD_NUMBER: _ClassVar[int]
     RULE_FIELD_NUMBER: _ClassVar[int]
-    CREATED_FIELD_NUMBER: _ClassVar[int]
     TAGS_FIELD_NUMBER: _ClassVar[int]
+    PUBLISHED_AT_FIELD_NUMBER: _ClassVar[int]
+    EPSILON_FIELD_NUMBER: _ClassVar[int]
+    ROUND_ID_FIELD_NUMBER: _ClassVar[int]
     model: str
     version: str
     round: int
     rule: str
-    created: str
     tags: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, model: _Optional[str] = ..., version: _Optional[str] = ..., round: _Optional[int] = ..., rule: _Optional[str] = ..., created: _Optional[str] = ..., tags: _Optional[_Iterable[str]] = ...) -> None: ...
+    published_at: _timestamp_pb2.Timestamp
+    epsilon: float
+    round_id: str
+    def __init__(self, model: _Optional[str] = ..., version: _Optional[str] = ..., round: _Optional[int] = ..., rule: _Optional[str] = ..., tags: _Optional[_Iterable[str]] = ..., published_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., epsilon: _Optional[float] = ..., round_id: _Optional[str] = ...) -> None: ...
 
 class VersionList(_message.Message):
     __slots__ = ("versions",)
@@ -229,28 +276,121 @@ class StatusRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class StatusReply(_message.Message):
-    __slots__ = ("json",)
-    JSON_FIELD_NUMBER: _ClassVar[int]
-    json: str
-    def __init__(self, json: _Optional[str] = ...) -> None: ...
+    __slots__ = ("status",)
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    status: FederationStatus
+    def __init__(self, status: _Optional[_Union[FederationStatus, _Mapping]] = ...) -> None: ...
+
+class FederationStatus(_message.Message):
+    __slots__ = ("generated_at", "federation", "model", "rule", "secure_aggregation", "running", "state", "rounds_done", "rounds_planned", "global_version", "current_round", "sites", "history")
+    GENERATED_AT_FIELD_NUMBER: _ClassVar[int]
+    FEDERATION_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    RULE_FIELD_NUMBER: _ClassVar[int]
+    SECURE_AGGREGATION_FIELD_NUMBER: _ClassVar[int]
+    RUNNING_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    ROUNDS_DONE_FIELD_NUMBER: _ClassVar[int]
+    ROUNDS_PLANNED_FIELD_NUMBER: _ClassVar[int]
+    GLOBAL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    CURRENT_ROUND_FIELD_NUMBER: _ClassVar[int]
+    SITES_FIELD_NUMBER: _ClassVar[int]
+    HISTORY_FIELD_NUMBER: _ClassVar[int]
+    generated_at: _timestamp_pb2.Timestamp
+    federation: str
+    model: str
+    rule: str
+    secure_aggregation: bool
+    running: bool
+    state: FederationState
+    rounds_done: int
+    rounds_planned: int
+    global_version: str
+    current_round: CurrentRound
+    sites: _containers.RepeatedCompositeFieldContainer[SiteInfo]
+    history: _containers.RepeatedCompositeFieldContainer[RoundOutcome]
+    def __init__(self, generated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., federation: _Optional[str] = ..., model: _Optional[str] = ..., rule: _Optional[str] = ..., secure_aggregation: _Optional[bool] = ..., running: _Optional[bool] = ..., state: _Optional[_Union[FederationState, str]] = ..., rounds_done: _Optional[int] = ..., rounds_planned: _Optional[int] = ..., global_version: _Optional[str] = ..., current_round: _Optional[_Union[CurrentRound, _Mapping]] = ..., sites: _Optional[_Iterable[_Union[SiteInfo, _Mapping]]] = ..., history: _Optional[_Iterable[_Union[RoundOutcome, _Mapping]]] = ...) -> None: ...
+
+class CurrentRound(_message.Message):
+    __slots__ = ("round", "round_id", "stage", "phase", "cohort", "participants", "progress", "deadline", "secure_sum_step")
+    class ProgressEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: SiteProgress
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[SiteProgress, str]] = ...) -> None: ...
+    ROUND_FIELD_NUMBER: _ClassVar[int]
+    ROUND_ID_FIELD_NUMBER: _ClassVar[int]
+    STAGE_FIELD_NUMBER: _ClassVar[int]
+    PHASE_FIELD_NUMBER: _ClassVar[int]
+    COHORT_FIELD_NUMBER: _ClassVar[int]
+    PARTICIPANTS_FIELD_NUMBER: _ClassVar[int]
+    PROGRESS_FIELD_NUMBER: _ClassVar[int]
+    DEADLINE_FIELD_NUMBER: _ClassVar[int]
+    SECURE_SUM_STEP_FIELD_NUMBER: _ClassVar[int]
+    round: int
+    round_id: str
+    stage: RoundStage
+    phase: int
+    cohort: _containers.RepeatedScalarFieldContainer[str]
+    participants: _containers.RepeatedScalarFieldContainer[str]
+    progress: _containers.ScalarMap[str, SiteProgress]
+    deadline: _timestamp_pb2.Timestamp
+    secure_sum_step: StepKind
+    def __init__(self, round: _Optional[int] = ..., round_id: _Optional[str] = ..., stage: _Optional[_Union[RoundStage, str]] = ..., phase: _Optional[int] = ..., cohort: _Optional[_Iterable[str]] = ..., participants: _Optional[_Iterable[str]] = ..., progress: _Optional[_Mapping[str, SiteProgress]] = ..., deadline: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., secure_sum_step: _Optional[_Union[StepKind, str]] = ...) -> None: ...
+
+class RoundOutcome(_message.Message):
+    __slots__ = ("round", "version", "round_id", "published_at", "contributors", "dropouts", "seconds", "loss_before", "loss_after", "eval_loss", "epsilon", "clipped", "site_noise_sigmas", "discarded", "interrupted")
+    ROUND_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    ROUND_ID_FIELD_NUMBER: _ClassVar[int]
+    PUBLISHED_AT_FIELD_NUMBER: _ClassVar[int]
+    CONTRIBUTORS_FIELD_NUMBER: _ClassVar[int]
+    DROPOUTS_FIELD_NUMBER: _ClassVar[int]
+    SECONDS_FIELD_NUMBER: _ClassVar[int]
+    LOSS_BEFORE_FIELD_NUMBER: _ClassVar[int]
+    LOSS_AFTER_FIELD_NUMBER: _ClassVar[int]
+    EVAL_LOSS_FIELD_NUMBER: _ClassVar[int]
+    EPSILON_FIELD_NUMBER: _ClassVar[int]
+    CLIPPED_FIELD_NUMBER: _ClassVar[int]
+    SITE_NOISE_SIGMAS_FIELD_NUMBER: _ClassVar[int]
+    DISCARDED_FIELD_NUMBER: _ClassVar[int]
+    INTERRUPTED_FIELD_NUMBER: _ClassVar[int]
+    round: int
+    version: str
+    round_id: str
+    published_at: _timestamp_pb2.Timestamp
+    contributors: int
+    dropouts: int
+    seconds: float
+    loss_before: float
+    loss_after: float
+    eval_loss: float
+    epsilon: float
+    clipped: int
+    site_noise_sigmas: _containers.RepeatedScalarFieldContainer[float]
+    discarded: str
+    interrupted: bool
+    def __init__(self, round: _Optional[int] = ..., version: _Optional[str] = ..., round_id: _Optional[str] = ..., published_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., contributors: _Optional[int] = ..., dropouts: _Optional[int] = ..., seconds: _Optional[float] = ..., loss_before: _Optional[float] = ..., loss_after: _Optional[float] = ..., eval_loss: _Optional[float] = ..., epsilon: _Optional[float] = ..., clipped: _Optional[int] = ..., site_noise_sigmas: _Optional[_Iterable[float]] = ..., discarded: _Optional[str] = ..., interrupted: _Optional[bool] = ...) -> None: ...
 
 class ListSitesRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 
 class SiteInfo(_message.Message):
-    __slots__ = ("site_id", "online", "num_samples", "lora_rank", "last_seen")
+    __slots__ = ("site_id", "online", "num_samples", "lora_rank", "last_seen_at")
     SITE_ID_FIELD_NUMBER: _ClassVar[int]
     ONLINE_FIELD_NUMBER: _ClassVar[int]
     NUM_SAMPLES_FIELD_NUMBER: _ClassVar[int]
     LORA_RANK_FIELD_NUMBER: _ClassVar[int]
-    LAST_SEEN_FIELD_NUMBER: _ClassVar[int]
+    LAST_SEEN_AT_FIELD_NUMBER: _ClassVar[int]
     site_id: str
     online: bool
     num_samples: int
     lora_rank: int
-    last_seen: str
-    def __init__(self, site_id: _Optional[str] = ..., online: _Optional[bool] = ..., num_samples: _Optional[int] = ..., lora_rank: _Optional[int] = ..., last_seen: _Optional[str] = ...) -> None: ...
+    last_seen_at: _timestamp_pb2.Timestamp
+    def __init__(self, site_id: _Optional[str] = ..., online: _Optional[bool] = ..., num_samples: _Optional[int] = ..., lora_rank: _Optional[int] = ..., last_seen_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class SiteList(_message.Message):
     __slots__ = ("sites",)

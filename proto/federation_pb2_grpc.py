@@ -284,8 +284,8 @@ class Federation:
 
 
 class ModelsStub:
-    """Published adapter versions, for consumers. Role: any certificate of the federation (site, admin,
-    coordinator).
+    """Published adapter versions, for consumers. Role: any certificate of the federation that the
+    coordinator's [server] pull_roles admits (default: site, admin, consumer).
     """
 
     def __init__(self, channel):
@@ -307,12 +307,13 @@ class ModelsStub:
 
 
 class ModelsServicer:
-    """Published adapter versions, for consumers. Role: any certificate of the federation (site, admin,
-    coordinator).
+    """Published adapter versions, for consumers. Role: any certificate of the federation that the
+    coordinator's [server] pull_roles admits (default: site, admin, consumer).
     """
 
     def ListVersions(self, request, context):
         """Every published version of `model`, oldest first (an unknown model gives an empty list).
+        Role: one of [server] pull_roles (default: site, admin, consumer).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -321,6 +322,7 @@ class ModelsServicer:
     def Pull(self, request, context):
         """Every file of a published version, chunked: manifest.json first, then the adapter's files in
         name order. Verify each file's sha256 and the manifest's signature (docs/manifest.md).
+        Role: one of [server] pull_roles (default: site, admin, consumer).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -348,8 +350,8 @@ def add_ModelsServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class Models:
-    """Published adapter versions, for consumers. Role: any certificate of the federation (site, admin,
-    coordinator).
+    """Published adapter versions, for consumers. Role: any certificate of the federation that the
+    coordinator's [server] pull_roles admits (default: site, admin, consumer).
     """
 
     @staticmethod
@@ -439,14 +441,15 @@ class AdminServicer:
     """
 
     def Status(self, request, context):
-        """The federation's status (the same JSON as the status page's /status.json).
+        """The federation's status: state, rounds, the round in flight with each site's progress and deadline,
+        the sites, the round history (the status page's /status.json has the same facts as JSON). Role: admin.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ListSites(self, request, context):
-        """Enrolled sites, online or not.
+        """Enrolled sites, online or not. Role: admin.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -454,7 +457,7 @@ class AdminServicer:
 
     def SetFederationState(self, request, context):
         """Start (running = true) or pause the federation; pausing discards the round in flight and
-        agents stop local training within seconds. Returns the new status.
+        agents stop local training within seconds. Returns the new status. Role: admin.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -15,7 +15,7 @@ import tempfile
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-PROTOS = ("tensors.proto", "secagg.proto", "federation.proto")
+PROTOS = ("tensors.proto", "secagg.proto", "round.proto", "federation.proto")
 
 
 def generate(out_dir: Path) -> list[Path]:

@@ -26,7 +26,8 @@ from fedquilt.agent.privacy import BudgetExhausted, DPConfig, PrivacyError, Priv
 from fedquilt.agent.privacy_session import PrivacyReport, PrivacySite
 from fedquilt.agent.trainer import LoraTrainer, TrainHyper
 from fedquilt.cli.workspace import Workspace
-from fedquilt.proto import codec
+from fedquilt.proto.reports import train_report_from_pb
+from fedquilt.proto.round_spec import RoundSpec, encode_spec
 from fedquilt.proto import federation_pb2 as pb
 from fedquilt.strategies.base import TrainingPlan
 from fedquilt.strategies.lora import Adapter, LoraFactors
@@ -206,10 +207,10 @@ class FakeTransport:
 
 
 def train_task(trainer: LoraTrainer, round_number: int) -> pb.Task:
-    spec = codec.RoundSpec(round_id=f"r{round_number:04d}-test", round=round_number, rule="fedit",
-                           ranks={"site-0": RANK}, shapes=trainer.target_names(), nonce="ab" * 16,
-                           train={"local_steps": 3, "batch_size": 32, "lr": 1e-2})
-    return pb.Task(step=round_number, kind=pb.TRAIN, round_id=spec.round_id, spec_json=codec.encode_spec(spec))
+    spec = RoundSpec(round_id=f"r{round_number:04d}-test", round=round_number, rule="fedit",
+                     ranks={"site-0": RANK}, shapes=trainer.target_names(), nonce="ab" * 16,
+                     train={"local_steps": 3, "batch_size": 32, "lr": 1e-2})
+    return pb.Task(step=round_number, kind=pb.TRAIN, round_id=spec.round_id, spec=encode_spec(spec))
 
 
 def agent(trainer: LoraTrainer, data: TokenizedDataset, site: PrivacySite | None, state: Path) -> AgentLoop:
@@ -230,7 +231,7 @@ def test_loop_submits_dp_metrics_then_declines_past_the_budget(
     sent = loop.transport.submitted
     loop._handle(train_task(trainer, 1))
     assert len(sent) == 1 and loop.work is not None
-    dp = json.loads(sent[0].metrics_json)["dp"]
+    dp = train_report_from_pb(sent[0].train)["dp"]
     assert dp["epsilon"] == pytest.approx(reference_epsilon(1.0, q, 3, 1e-5), rel=1e-9)
     assert (dp["delta"], dp["noise_multiplier"], dp["max_grad_norm"], dp["steps"], dp["rounds"], dp["mode"]) == (
         1e-5, 1.0, 1.0, 3, 1, "hooks")

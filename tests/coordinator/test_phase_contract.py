@@ -19,7 +19,8 @@ from fedquilt.coordinator.errors import Duplicate, InvalidRequest, StaleStep
 from fedquilt.coordinator.phase import Phase, PhaseRequest
 from fedquilt.coordinator.secure_sum import SecureSum
 from fedquilt.coordinator.steps import SiteId, Step
-from fedquilt.proto.codec import RoundSpec, encode_tensors
+from fedquilt.proto.codec import encode_tensors
+from fedquilt.proto.round_spec import RoundSpec
 from fedquilt.strategies.base import N_KEY
 
 SITES = frozenset({SiteId("a"), SiteId("b"), SiteId("c")})

@@ -110,10 +110,11 @@ def test_coordinator_receives_no_per_site_metric(federation, monkeypatch) -> Non
             req = pb.SubmitRequest.FromString(raw)
             assert not req.refusal, req.refusal
             if req.kind == pb.TRAIN:
-                metrics = json.loads(req.metrics_json)
-                assert set(metrics) == {"dp"} and set(metrics["dp"]) <= DP_REPORT_KEYS, metrics
+                assert req.WhichOneof("report") == "train", req
+                sent = [f.name for f, _ in req.train.ListFields()]
+                assert sent == ["dp"] and {f.name for f, _ in req.train.dp.ListFields()} <= DP_REPORT_KEYS, req.train
             else:
-                assert req.metrics_json == "" and req.kind in SUBMIT_PAYLOAD, (pb.StepKind.Name(req.kind), req)
+                assert req.WhichOneof("report") is None and req.kind in SUBMIT_PAYLOAD, (pb.StepKind.Name(req.kind), req)
                 SUBMIT_PAYLOAD[req.kind].FromString(req.payload)  # exactly the protocol message, nothing else
         elif method == "Upload":
             chunk = pb.UploadChunk.FromString(raw)

@@ -28,18 +28,18 @@ def test_compiles_from_a_checkout_with_another_name(tmp_path: Path) -> None:
     assert sorted(p.name for p in out.glob("*_pb2.py")) == sorted(p.stem + "_pb2.py" for p in PROTOS)
 
 
-def test_every_service_rpc_and_field_is_commented() -> None:
+def test_every_service_rpc_message_and_field_is_commented() -> None:
     missing = []
     for path in PROTOS:
         lines = path.read_text().splitlines()
         for i, line in enumerate(lines):
             stripped = line.strip()
             above = lines[i - 1].strip() if i else ""
-            if stripped.startswith(("service ", "rpc ")) and not above.startswith("//"):
+            if stripped.startswith(("service ", "rpc ", "message ", "enum ")) and not above.startswith("//"):
                 missing.append(f"{path.name}:{i + 1}: {stripped}")
             if stripped.startswith("service ") and "Role" not in above + " ".join(lines[max(0, i - 3):i]):
                 missing.append(f"{path.name}:{i + 1}: service without its role")
-            field = re.match(r"(repeated |map<[^>]+> )?\w+ \w+ = \d+;", stripped)
+            field = re.match(r"(optional |repeated |map<[^>]+> )?[\w.]+ \w+ = \d+;", stripped)
             if field and "//" not in stripped and not above.startswith("//"):
                 missing.append(f"{path.name}:{i + 1}: {stripped}")
     assert not missing, "\n".join(missing)
@@ -56,3 +56,19 @@ def test_byte_orders_are_stated() -> None:
     secagg, tensors = (HERE / "secagg.proto").read_text(), (HERE / "tensors.proto").read_text()
     assert "little-endian" in secagg and "big-endian" in secagg
     assert tensors.count("little-endian") >= 3
+
+
+def test_no_field_carries_json_text_and_times_are_timestamps() -> None:
+    """Typed messages for other languages: no *_json field, no ``string … time``; every time a Timestamp."""
+    bad = []
+    for path in PROTOS:
+        for i, line in enumerate(path.read_text().splitlines()):
+            field = re.match(r"\s*(optional |repeated )?([\w.]+) (\w+) = \d+;", line)
+            if not field:
+                continue
+            kind, name = field.group(2), field.group(3)
+            if name.endswith("_json") or (kind == "string" and re.search(r"(^|_)(created|seen|at|time|deadline)$", name)):
+                bad.append(f"{path.name}:{i + 1}: {line.strip()}")
+            if re.search(r"(_at|last_seen|deadline)$", name) and kind != "google.protobuf.Timestamp":
+                bad.append(f"{path.name}:{i + 1}: {line.strip()} (not a Timestamp)")
+    assert not bad, "\n".join(bad)

@@ -22,6 +22,7 @@ from fedquilt.coordinator.config import FederationConfig
 from fedquilt.coordinator.orchestrator import Orchestrator
 from fedquilt.coordinator.steps import SiteId, Step
 from fedquilt.proto import codec
+from fedquilt.proto.round_spec import decode_spec, encode_spec
 from fedquilt.strategies.base import Aggregate, Broadcast, LocalUpdate
 from fedquilt.strategies.rule import IndividualRule
 from fedquilt.strategies.lora import Adapter, LoraFactors
@@ -125,7 +126,7 @@ class RoundPair:
         return task
 
     def _train(self, site: Site, task: Any) -> None:
-        spec = codec.decode_spec(task.spec_json)
+        spec = decode_spec(encode_spec(task.spec))  # through the wire form, as a site gets it
         ctx = round_context(spec)
         rule = make_rule(spec.rule, spec.params)
         glob = contract.decode_aggregate(self.orch.global_payload(SiteId(site.name)))

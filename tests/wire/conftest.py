@@ -31,6 +31,7 @@ from fedquilt.coordinator.config import FederationConfig, ServerConfig, load_con
 from fedquilt.proto import codec
 from fedquilt.proto import federation_pb2 as pb
 from fedquilt.proto import federation_pb2_grpc as pb_grpc
+from fedquilt.proto import round_pb2 as rpb
 from fedquilt.proto import tensors_pb2 as tpb
 
 CALL_TIMEOUT = 10.0
@@ -194,7 +195,7 @@ class Wire:
     def train_done(self, who: str, task: pb.Task) -> pb.Ack:
         """Report local training finished for ``task``."""
         return self.fed(who).Submit(pb.SubmitRequest(round_id=task.round_id, step=task.step, kind=pb.TRAIN,
-                                                     metrics_json="{}"), timeout=CALL_TIMEOUT)
+                                                     train=rpb.TrainReport()), timeout=CALL_TIMEOUT)
 
     def next_stage(self, trained: dict[str, pb.Task], kind: int) -> dict[str, pb.Task]:
         """Report training done for every site; returns each one's next task (of ``kind``)."""

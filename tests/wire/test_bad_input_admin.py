@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import grpc
 import pytest
 
 from fedquilt.proto import federation_pb2 as pb
+from fedquilt.proto.status_wire import status_from_pb
 
 ADMIN_CALLS = {
     "Status": lambda stub: stub.Status(pb.StatusRequest(), timeout=5),
@@ -26,14 +26,14 @@ def test_operator_rpc_is_denied_to_non_admins_mid_round(coordinator, rpc: str, w
     before = w.snapshot()
     assert w.refused(lambda: ADMIN_CALLS[rpc](w.admin(who))) is grpc.StatusCode.PERMISSION_DENIED
     assert w.snapshot() == before and before["current_round"]["stage"] == "training"
-    status = json.loads(w.admin().Status(pb.StatusRequest(), timeout=5).json)
+    status = status_from_pb(w.admin().Status(pb.StatusRequest(), timeout=5).status)
     assert status["running"] is True and status["current_round"]["cohort"] == ["site-0", "site-1"]
 
 
 def test_admin_pause_discards_the_round_in_flight_and_resume_reopens(coordinator) -> None:
     w: Any = coordinator()
     w.open_round()
-    paused = json.loads(w.admin().SetFederationState(pb.FederationStateRequest(running=False), timeout=5).json)
+    paused = status_from_pb(w.admin().SetFederationState(pb.FederationStateRequest(running=False), timeout=5).status)
     assert paused["running"] is False and paused["current_round"] is None
     assert paused["history"][-1]["discarded"] == "federation paused by the operator"
     done = w.wait_for("site-0", pb.ROUND_DONE, 0)

@@ -9,6 +9,7 @@ import grpc
 import pytest
 
 from fedquilt.proto import federation_pb2 as pb
+from fedquilt.proto import round_pb2 as rpb
 from fedquilt.proto import tensors_pb2 as tpb
 
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
@@ -85,7 +86,7 @@ def test_calls_before_hello_need_enrolment(coordinator) -> None:
                                                                      round_id=task.round_id, phase=1), timeout=5),
         "Upload": lambda: w.upload("site-2", task),
         "Submit TRAIN": lambda: f2.Submit(pb.SubmitRequest(round_id=task.round_id, step=task.step, kind=pb.TRAIN,
-                                                           metrics_json="{}"), timeout=5),
+                                                           train=rpb.TrainReport()), timeout=5),
         "Submit DECLARE_LAYOUT": lambda: f2.Submit(pb.SubmitRequest(round_id=task.round_id, step=task.step,
                                                                     kind=pb.DECLARE_LAYOUT), timeout=5),
     }
@@ -103,7 +104,7 @@ def test_site_enrolled_after_the_round_opened_is_not_in_its_cohort(coordinator) 
     before = w.snapshot()
     f2 = w.fed("site-2")
     assert w.refused(lambda: f2.Submit(pb.SubmitRequest(round_id=task.round_id, step=task.step, kind=pb.TRAIN,
-                                                        metrics_json="{}"), timeout=5)) is grpc.StatusCode.PERMISSION_DENIED
+                                                        train=rpb.TrainReport()), timeout=5)) is grpc.StatusCode.PERMISSION_DENIED
     assert w.snapshot() == before
     assert f2.WaitForTask(pb.WaitRequest(after_step=last, wait_seconds=0.1), timeout=5).kind == pb.IDLE
 

@@ -11,6 +11,7 @@ import pytest
 
 from fedquilt.proto import codec
 from fedquilt.proto import federation_pb2 as pb
+from fedquilt.proto import round_pb2 as rpb
 from fedquilt.proto import tensors_pb2 as tpb
 
 EXHAUSTED = grpc.StatusCode.RESOURCE_EXHAUSTED
@@ -22,9 +23,9 @@ def test_oversize_unary_messages_are_resource_exhausted(coordinator) -> None:
     task = w.open_round()["site-0"]
     before = w.snapshot()
     f0 = w.fed("site-0")
-    big_metrics = '{"pad": "' + "x" * OVER + '"}'
+    big_report = rpb.TrainReport(dp=rpb.DpReport(mode="x" * OVER))
     assert w.refused(lambda: f0.Submit(pb.SubmitRequest(round_id=task.round_id, step=task.step, kind=pb.TRAIN,
-                                                        metrics_json=big_metrics), timeout=5)) is EXHAUSTED
+                                                        train=big_report), timeout=5)) is EXHAUSTED
     assert w.refused(lambda: f0.Hello(w.hello_request(agent_version="v" * OVER), timeout=5)) is EXHAUSTED
     big_model = "m" * OVER
     assert w.refused(lambda: w.models("site-0").ListVersions(pb.ListVersionsRequest(model=big_model),

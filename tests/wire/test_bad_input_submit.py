@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import json
+import math
 from typing import Any, Callable
 
 import grpc
@@ -12,6 +12,7 @@ from fedquilt import secagg_wire
 from fedquilt import secure_agg as sa
 from fedquilt.proto import codec
 from fedquilt.proto import federation_pb2 as pb
+from fedquilt.proto import round_pb2 as rpb
 from fedquilt.proto import secagg_pb2 as spb
 from fedquilt.proto import tensors_pb2 as tpb
 
@@ -26,20 +27,37 @@ def _submit(w: Any, who: str, task: pb.Task, **fields: Any) -> pb.Ack:
     return w.fed(who).Submit(pb.SubmitRequest(**base), timeout=5)
 
 
+def _dp(**over: Any) -> rpb.DpReport:
+    """An honest DP report, with ``over`` applied."""
+    fields: dict[str, Any] = dict(epsilon=1.5, delta=1e-5, noise_multiplier=1.0, max_grad_norm=1.0, steps=20, rounds=1,
+                                  mode="hooks", round_steps=20, sample_rate=0.1, accountant="rdp")
+    fields.update(over)
+    return rpb.DpReport(**fields)
+
+
+EMPTY = rpb.TrainReport()
 TRAIN_CASES: dict[str, tuple[dict[str, Any], grpc.StatusCode]] = {
-    "unspecified-kind": ({"kind": pb.STEP_KIND_UNSPECIFIED, "metrics_json": "{}"}, INVALID),
-    "unknown-kind": ({"kind": 99, "metrics_json": "{}"}, INVALID),
-    "idle-kind": ({"kind": pb.IDLE, "metrics_json": "{}"}, INVALID),
-    "upload-kind": ({"kind": pb.UPLOAD_PLAIN, "metrics_json": "{}"}, INVALID),
-    "masked-kind": ({"kind": pb.SECAGG_MASKED, "metrics_json": "{}"}, INVALID),
+    "unspecified-kind": ({"kind": pb.STEP_KIND_UNSPECIFIED, "train": EMPTY}, INVALID),
+    "unknown-kind": ({"kind": 99, "train": EMPTY}, INVALID),
+    "idle-kind": ({"kind": pb.IDLE, "train": EMPTY}, INVALID),
+    "upload-kind": ({"kind": pb.UPLOAD_PLAIN, "train": EMPTY}, INVALID),
+    "masked-kind": ({"kind": pb.SECAGG_MASKED, "train": EMPTY}, INVALID),
     "round-done-kind": ({"kind": pb.ROUND_DONE}, INVALID),
-    "metrics-not-json": ({"metrics_json": "{loss: 1"}, INVALID),
-    "metrics-a-list": ({"metrics_json": "[1, 2]"}, INVALID),
-    "metrics-a-string": ({"metrics_json": '"fine"'}, INVALID),
-    "metrics-over-64k": ({"metrics_json": json.dumps({"pad": "x" * 70_000})}, INVALID),
-    "stale-round": ({"round_id": "r0001-00000000", "metrics_json": "{}"}, PRECONDITION),
-    "superseded-step": ({"step_delta": -1, "metrics_json": "{}"}, PRECONDITION),
-    "future-step": ({"step_delta": 1, "metrics_json": "{}"}, PRECONDITION),
+    "unmask-report-on-train": ({"unmask": rpb.UnmaskReport(clipped=3)}, INVALID),
+    "loss-nan": ({"train": rpb.TrainReport(loss_before=math.nan)}, INVALID),
+    "loss-infinite": ({"train": rpb.TrainReport(loss_after=math.inf)}, INVALID),
+    "loss-absurd": ({"train": rpb.TrainReport(eval_loss=1e300)}, INVALID),
+    "negative-sample-count": ({"train": rpb.TrainReport(num_samples=-1)}, INVALID),
+    "sample-count-over-2^31": ({"train": rpb.TrainReport(num_samples=2**40)}, INVALID),
+    "negative-steps": ({"train": rpb.TrainReport(steps=-5)}, INVALID),
+    "dp-epsilon-nan": ({"train": rpb.TrainReport(dp=_dp(epsilon=math.nan))}, INVALID),
+    "dp-epsilon-negative": ({"train": rpb.TrainReport(dp=_dp(epsilon=-1.0))}, INVALID),
+    "dp-delta-over-1": ({"train": rpb.TrainReport(dp=_dp(delta=2.0))}, INVALID),
+    "dp-sample-rate-infinite": ({"train": rpb.TrainReport(dp=_dp(sample_rate=math.inf))}, INVALID),
+    "dp-mode-70k-characters": ({"train": rpb.TrainReport(dp=_dp(mode="x" * 70_000))}, INVALID),
+    "stale-round": ({"round_id": "r0001-00000000", "train": EMPTY}, PRECONDITION),
+    "superseded-step": ({"step_delta": -1, "train": EMPTY}, PRECONDITION),
+    "future-step": ({"step_delta": 1, "train": EMPTY}, PRECONDITION),
     "secagg-message-in-plaintext-round": ({"kind": pb.DECLARE_LAYOUT, "payload": b"\x01"}, PRECONDITION),
 }
 
@@ -60,11 +78,22 @@ def test_bad_submit_during_training_is_refused(coordinator, case: str) -> None:
 def test_repeated_train_report_is_idempotent(coordinator) -> None:
     w: Any = coordinator()
     task = w.open_round()["site-0"]
-    assert _submit(w, "site-0", task, metrics_json='{"loss_after": 1.0}').accepted
+    assert _submit(w, "site-0", task, train=rpb.TrainReport(loss_after=1.0)).accepted
     once = w.snapshot()
-    assert _submit(w, "site-0", task, metrics_json='{"loss_after": 9.0}').accepted
+    assert _submit(w, "site-0", task, train=rpb.TrainReport(loss_after=9.0)).accepted
     assert w.snapshot() == once
     assert w.running.orchestrator.current.trained["site-0"] == {"loss_after": 1.0}
+
+
+def test_a_dp_report_reaches_the_round_as_the_manifest_records_it(coordinator) -> None:
+    w: Any = coordinator()
+    task = w.open_round()["site-0"]
+    assert _submit(w, "site-0", task, train=rpb.TrainReport(num_samples=10, loss_before=2.0, steps=20,
+                                                             dp=_dp(epsilon=None))).accepted
+    assert w.running.orchestrator.current.trained["site-0"] == {
+        "n": 10, "loss_before": 2.0, "steps": 20,
+        "dp": {"epsilon": None, "delta": 1e-5, "noise_multiplier": 1.0, "max_grad_norm": 1.0, "steps": 20, "rounds": 1,
+               "mode": "hooks", "round_steps": 20, "sample_rate": 0.1, "accountant": "rdp"}}
 
 
 # ---- secure aggregation --------------------------------------------------------------------------
@@ -183,3 +212,17 @@ def test_identical_retry_of_a_key_advertisement_is_accepted(declare_stage: Any) 
     payload = secagg_wire.encode_secagg(_advertisement(w, "site-0", task))
     assert _submit(w, "site-0", task, payload=payload).accepted
     assert _submit(w, "site-0", task, payload=payload).accepted
+
+
+def test_a_bad_dp_report_is_one_log_line_naming_the_field(coordinator, caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+
+    w: Any = coordinator()
+    task = w.open_round()["site-0"]
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        with pytest.raises(grpc.RpcError) as err:
+            _submit(w, "site-0", task, train=rpb.TrainReport(dp=_dp(delta=5.0)))
+    assert err.value.code() is INVALID and "dp.delta" in err.value.details()
+    lines = [r.getMessage() for r in caplog.records if r.name.startswith(("fedquilt.coordinator", "grpc"))]
+    assert len(lines) == 1 and "refused Submit from site-0: INVALID_ARGUMENT" in lines[0] and "dp.delta" in lines[0], lines

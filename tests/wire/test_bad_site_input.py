@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from typing import Any
 
@@ -9,6 +10,7 @@ import grpc
 import pytest
 
 from fedquilt.proto import federation_pb2 as pb
+from fedquilt.proto import round_pb2 as rpb
 from fedquilt.proto import tensors_pb2 as tpb
 from fedquilt.strategies.base import Aggregate
 
@@ -17,16 +19,25 @@ OTHER_SHAPES = {"model.layers.0.self_attn.q_proj": tpb.Shape(dims=[16, 8]),
                 "model.layers.0.self_attn.v_proj": tpb.Shape(dims=[16, 16])}
 
 
-@pytest.mark.parametrize("metrics", ['{"loss_before": "x"}', '{"loss_after": [1]}', '{"eval_loss": 1e400}',
-                                     '{"n": "10"}', '{"steps": true}', '{"dp": {"epsilon": {"x": 1}}}',
-                                     '{"loss": 1}', '[1, 2]', '{"loss_before": NaN}'])
-def test_a_malformed_train_report_is_refused_and_the_next_round_still_opens(coordinator, metrics: str) -> None:
+BAD_REPORTS = {
+    "loss-nan": {"train": rpb.TrainReport(loss_before=math.nan)},
+    "eval-loss-infinite": {"train": rpb.TrainReport(eval_loss=math.inf)},
+    "negative-count": {"train": rpb.TrainReport(num_samples=-10)},
+    "negative-steps": {"train": rpb.TrainReport(steps=-1)},
+    "dp-delta-not-a-probability": {"train": rpb.TrainReport(dp=rpb.DpReport(delta=5.0, mode="hooks"))},
+    "dp-epsilon-infinite": {"train": rpb.TrainReport(dp=rpb.DpReport(epsilon=math.inf, delta=1e-5))},
+    "unmask-report-instead": {"unmask": rpb.UnmaskReport(clipped=1)},
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_REPORTS))
+def test_a_malformed_train_report_is_refused_and_the_next_round_still_opens(coordinator, case: str) -> None:
     w = coordinator(federation={"rounds": 2})
     trained = w.open_round()
     before = w.snapshot()
     t0 = trained["site-0"]
     assert w.refused(lambda: w.fed("site-0").Submit(pb.SubmitRequest(
-        round_id=t0.round_id, step=t0.step, kind=pb.TRAIN, metrics_json=metrics), timeout=5)) is INVALID
+        round_id=t0.round_id, step=t0.step, kind=pb.TRAIN, **BAD_REPORTS[case]), timeout=5)) is INVALID
     assert w.snapshot() == before
     uploads = w.next_stage(trained, pb.UPLOAD_PLAIN)
     for who, task in uploads.items():

@@ -24,6 +24,7 @@ from fedquilt.agent.secure_sum import SecureSumClient
 from fedquilt.agent.transport import Transport
 from fedquilt.coordinator import secure_sum as coord_ss
 from fedquilt.proto import codec
+from fedquilt.proto.round_spec import decode_spec
 from fedquilt.proto import federation_pb2 as pb
 from fedquilt.strategies.base import RoundContext
 
@@ -98,7 +99,7 @@ def test_announce_with_threshold_one_is_refused_before_any_key(coordinator: Any,
     agents = _agents(w, sa.ClientPolicy(min_sites=2))
     for who, (client, loop) in agents.items():
         task = ads[who]
-        client(loop, SimpleNamespace(spec=codec.decode_spec(task.spec_json)), task)
+        client(loop, SimpleNamespace(spec=decode_spec(task.spec)), task)
     advertise = [m for m in received["messages"] if m[1] == "SECAGG_ADVERTISE"]
     assert advertise == []  # no key advertisement reached the coordinator
     assert sorted((s, k) for s, k, *_ in received["refusals"]) == [(s, "SECAGG_ADVERTISE") for s in SITES]
@@ -167,7 +168,7 @@ def test_different_survivor_lists_shown_to_sites_reveal_nothing(coordinator: Any
     w = coordinator(secagg=True, timeouts=(60.0, 30.0), federation={"min_sites": 3})
     agents = _agents(w, sa.ClientPolicy(min_sites=2), THREE)
     trained = w.open_round(THREE)
-    works = {who: SimpleNamespace(spec=codec.decode_spec(t.spec_json), n=10, metrics={}, broadcast_digests={},
+    works = {who: SimpleNamespace(spec=decode_spec(t.spec), n=10, metrics={}, broadcast_digests={},
                                   ctx=RoundContext(round=1, shapes={}, ranks={}))  # only the stand-in vectors read it
              for who, t in trained.items()}
     for who, task in trained.items():

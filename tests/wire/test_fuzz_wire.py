@@ -21,6 +21,7 @@ import pytest
 
 from fedquilt.proto import codec
 from fedquilt.proto import federation_pb2 as pb
+from fedquilt.proto import round_pb2 as rpb
 from fedquilt.proto import tensors_pb2 as tpb
 
 PER_RPC = 1000
@@ -68,7 +69,7 @@ def _cases(w: Any) -> list[tuple[str, str, str, bytes | list[bytes]]]:
                                                                   phase=1).SerializeToString()),
         ("site-2", fed + "Upload", "upload", upload),
         ("site-2", fed + "Submit", "unary", pb.SubmitRequest(round_id="r0001", step=3, kind=pb.TRAIN,
-                                                             metrics_json='{"loss_before": 1.0}').SerializeToString()),
+                                                             train=rpb.TrainReport(loss_before=1.0)).SerializeToString()),
         ("site-0", models + "ListVersions", "unary", pb.ListVersionsRequest(model=w.files.model).SerializeToString()),
         ("site-0", models + "Pull", "stream", pb.PullRequest(model=w.files.model, version="v0001").SerializeToString()),
         ("admin", admin + "Status", "unary", pb.StatusRequest().SerializeToString()),

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import json
 
 import grpc
 
 from fedquilt.coordinator.pki import revoke
 from fedquilt.proto import federation_pb2 as pb
+from fedquilt.proto.status_wire import status_from_pb
+from fedquilt.proto import round_pb2 as rpb
 
 UNAUTH = grpc.StatusCode.UNAUTHENTICATED
 DENIED = grpc.StatusCode.PERMISSION_DENIED
@@ -27,7 +28,7 @@ def test_revoked_site_is_refused_on_its_open_channel_while_another_keeps_working
     assert w.refused(lambda: f0.WaitForTask(pb.WaitRequest(after_step=0, wait_seconds=0.1), timeout=5)) is UNAUTH
     assert w.refused(lambda: f0.Hello(w.hello_request(), timeout=5)) is UNAUTH
     assert w.refused(lambda: f0.Submit(pb.SubmitRequest(round_id=site0_task.round_id, step=site0_task.step,
-                                                        kind=pb.TRAIN, metrics_json="{}"), timeout=5)) is UNAUTH
+                                                        kind=pb.TRAIN, train=rpb.TrainReport()), timeout=5)) is UNAUTH
     assert w.refused(lambda: f0.Download(pb.DownloadRequest(what=pb.DownloadRequest.GLOBAL), timeout=5)) is UNAUTH
     assert w.refused(lambda: w.upload("site-0", site0_task)) is UNAUTH
     m0 = w.models("site-0")
@@ -57,11 +58,11 @@ def test_operator_rpcs_are_refused_to_site_certificates_and_served_to_the_admin(
     assert w.snapshot() == before and w.running.orchestrator.running
 
     admin = w.admin()
-    status = json.loads(admin.Status(pb.StatusRequest(), timeout=5).json)
+    status = status_from_pb(admin.Status(pb.StatusRequest(), timeout=5).status)
     assert status["running"] is True and [s["site"] for s in status["sites"]] == ["site-0"]
     sites = admin.ListSites(pb.ListSitesRequest(), timeout=5).sites
     assert [(s.site_id, s.num_samples, s.lora_rank, s.online) for s in sites] == [("site-0", 10, 2, True)]
-    paused = json.loads(admin.SetFederationState(pb.FederationStateRequest(running=False), timeout=5).json)
+    paused = status_from_pb(admin.SetFederationState(pb.FederationStateRequest(running=False), timeout=5).status)
     assert paused["running"] is False and w.running.orchestrator.running is False
 
 
@@ -78,7 +79,7 @@ def test_agent_rpcs_are_refused_to_admin_and_coordinator_certificates(coordinato
 def test_revoked_admin_certificate_loses_operator_rpcs(coordinator) -> None:
     w = coordinator()
     admin = w.admin()
-    assert json.loads(admin.Status(pb.StatusRequest(), timeout=5).json)["running"] is True
+    assert status_from_pb(admin.Status(pb.StatusRequest(), timeout=5).status)["running"] is True
     revoke(w.files.ca_dir, w.files.admin_cert)
     assert w.refused(lambda: admin.Status(pb.StatusRequest(), timeout=5)) is UNAUTH
     assert w.refused(lambda: admin.SetFederationState(pb.FederationStateRequest(running=False), timeout=5)) is UNAUTH
