@@ -26,6 +26,10 @@ RULES = {"fedit": {}, "ffa": {}, "rotalign": {}, "flexlora": {}, "alora": {}, "d
 EXACT = {"ffa", "dense", "secure-stack", "secure-stack-2"}
 """Rules whose published update is Σ p_i ΔW_i exactly; the others are checked against their plaintext round."""
 
+TOL = 5e-4
+"""Relative error allowed: the ring's fixed point (2^-26 per summed value, rounded at random) after the rules'
+SVDs; a sum over a wrong set of sites is off by tens of percent."""
+
 STAGES = [Step.TRAIN, Step.DECLARE_LAYOUT, Step.SECAGG_ADVERTISE, Step.SECAGG_SHARE, Step.SECAGG_MASKED,
           Step.SECAGG_CONSISTENCY, Step.SECAGG_UNMASK]
 STILL_IN = {Step.SECAGG_CONSISTENCY, Step.SECAGG_UNMASK}
@@ -69,7 +73,7 @@ def assert_oracle(name: str, pair: SecurePair, contributors: set[str], tmp_path,
         per_round = [pair.expected_delta(r, contributors if r == rounds else set(pair.sites))
                      for r in range(1, rounds + 1)]
         assert_close(published_delta(pair), cumulative("secure-stack" if name == "secure-stack-2" else name,
-                                                       per_round))
+                                                       per_round), tol=TOL)
         return
     rule, params = rule_of(name)
     plain = SecurePair(rule, {s: site.rank for s, site in pair.sites.items()}, tmp_path / "plain", pki,
@@ -78,7 +82,7 @@ def assert_oracle(name: str, pair: SecurePair, contributors: set[str], tmp_path,
         left_out = set(pair.sites) - contributors if r == rounds else set()
         entry = plain.run_round([Drop(s, Step.TRAIN) for s in sorted(left_out)])
         assert entry["version"] is not None, f"the plaintext oracle round was discarded: {entry}"
-    assert_close(published_delta(pair), published_delta(plain), tol=1e-5)
+    assert_close(published_delta(pair), published_delta(plain), tol=TOL)
 
 
 @pytest.mark.parametrize("stage", STAGES, ids=[s.value for s in STAGES])
@@ -166,7 +170,7 @@ def test_a_site_restarted_between_secure_rounds_keeps_serving(tmp_path, pki):
                 plain.start_site(name)
         assert pair.run_round()["version"] == f"v{number:04d}"
         assert plain.run_round()["version"] == f"v{number:04d}"
-        assert_close(published_delta(pair), published_delta(plain), tol=1e-5)
+        assert_close(published_delta(pair), published_delta(plain), tol=TOL)
 
 
 @pytest.mark.parametrize("name", ["dense", "ffa"])
