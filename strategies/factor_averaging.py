@@ -1,6 +1,6 @@
 """Averaging LoRA factors: the shared start, the √s folding, the weighted factor submissions and their mean.
 
-The averaging rules (``fedit``, ``rotalign``, ``alora``, and ``flexlora``'s client half) keep the global as
+The averaging rules (``fedit``, ``rotalign``, and ``flexlora``'s client half) keep the global as
 factors with scaling 1. A site with rank r_i and scaling s_i starts from the global's rank-r_i slice (the
 shared public A in round one, so the first average is aligned) and submits n·√s·A and n·√s·B zero-padded to
 the cohort's largest rank; the server divides the sums by Σ n and publishes (Ā, B̄) with scaling 1.

@@ -107,3 +107,32 @@ def test_rule_state_that_cannot_be_reloaded_is_refused_when_saved(tmp_path):
     with pytest.raises(RuleStateError, match=r"\['bad'\]"):
         f.save({"ok": torch.zeros(2), "bad": LoraFactors(A=torch.zeros(1, 2), B=torch.zeros(2, 1), scaling=1.0)})
     assert not (tmp_path / "rule_state.pt").exists()
+
+
+def test_alora_mixed_ranks_with_drops_match_the_papers_shared_b_by_hand(tmp_path):
+    """Fed-ALoRA with ranks [2, 4, 8]: the shared B moves by Σ p_i B_{i2}B_{i1} of the round's contributors,
+    B_{i2} = B̃_i − B_0 M_i and B_{i1} = M_iᵀ from each site's own trained factors, and the published A is
+    Σ p_i s_i M_i A_i. The largest-rank site drops in round 1 (the width stays the cohort's 8), the
+    smallest in round 3."""
+    from fedquilt.strategies.alora_ranks import projector
+
+    ranks, width = {"a": 2, "b": 4, "c": 8}, 8
+    pair = RoundPair("alora", ranks, tmp_path, rounds=3)
+    b_ref = {m: torch.zeros(d, width, dtype=torch.float64) for m, (d, _) in SHAPES.items()}
+    for number, drop in ((1, "c"), (2, None), (3, "a")):
+        pair.run_round(skip_training={drop} if drop else set())
+        assert pair.published[-1][0] == number
+        agg = pair.published[-1][1]
+        contributors = sorted(set(ranks) - {drop})
+        total = sum(pair.sites[s].n for s in contributors)
+        for m, (d, k) in SHAPES.items():
+            b_new, a_ref = b_ref[m].clone(), torch.zeros(width, k, dtype=torch.float64)
+            for s in contributors:
+                f, p = pair.sites[s].trained[number][m], pair.sites[s].n / total
+                mi = projector(0, m, s, ranks[s], width)
+                b_new += p * (f.B.double() - b_ref[m] @ mi) @ mi.T
+                a_ref += p * f.scaling * mi @ f.A.double()
+            assert agg.adapter[m].rank == width
+            torch.testing.assert_close(agg.adapter[m].B.double(), b_new, atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(agg.adapter[m].A.double(), a_ref, atol=1e-5, rtol=1e-5)
+            b_ref[m] = b_new

@@ -125,20 +125,25 @@ def test_shared_a_rows_do_not_depend_on_requested_rank():
 
 
 def test_alora_keeps_a_local_and_averages_b():
+    """Homogeneous ranks: B = Σ p_i B̃_i M_iᵀ from B_0 = 0 (mixed ranks: test_rules_alora.py)."""
+    from fedquilt.strategies.alora_ranks import projector
+
     ranks = HOMOGENEOUS
     rule = ALora()
     states = {s: {} for s in ranks}
     sites = cohort(ranks, seed=5)
+    for s in ranks:
+        rule.start(None, context(ranks), s, ALPHA, state=states[s])
     agg = run_round(rule, updates_of(sites), context(ranks), None, states)
     p = weights(sites)
     m = "layers.0.v_proj"
-    want_b = sum(p[s] * math.sqrt(sites[s][0][m].scaling) * sites[s][0][m].B.double() for s in sites)
+    want_b = sum(p[s] * sites[s][0][m].B.double() @ projector(0, m, s, 4, 4).T for s in sites)
     np.testing.assert_allclose(agg.adapter[m].B.double().numpy(), want_b.numpy(), rtol=1e-5, atol=1e-6)
     for site in ranks:
         plan = rule.start(agg, context(ranks, rnd=2), site, ALPHA, state=states[site])
         assert torch.equal(plan.init[m].A, sites[site][0][m].A)  # its own A, not the average
-        s = plan.scaling
-        np.testing.assert_allclose(math.sqrt(s) * plan.init[m].B.double().numpy(), want_b.numpy(), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(plan.init[m].B.double().numpy(), (want_b @ projector(0, m, site, 4, 4)).numpy(),
+                                   rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError, match="state"):
         rule.vectors(0, LocalUpdate(adapter=sites["s1"][0]), 3, context(ranks), None)
 
