@@ -305,8 +305,11 @@ class SecurePair:
 
     # ---- one round ------------------------------------------------------------------------------
 
-    def run_round(self, drops: Iterable[Drop] = ()) -> dict[str, Any]:
-        """Open a round, serve every live site's steps until it closes; returns its history entry."""
+    def run_round(self, drops: Iterable[Drop] = (), coordinator_restart: Step | None = None) -> dict[str, Any]:
+        """Open a round, serve every live site's steps until it closes; returns its history entry.
+
+        With ``coordinator_restart`` the coordinator restarts the first time a site is given that step (the
+        round in flight is lost); the sites re-enrol and the new coordinator runs the round again."""
         drops = {d.site: d for d in drops}
         dead: set[str] = set()
         for name in self.sites:
@@ -321,6 +324,13 @@ class SecurePair:
                 task = self._poll(name)
                 if task is None:
                     continue
+                if coordinator_restart is not None and task.kind == pb.StepKind.Value(coordinator_restart.value):
+                    coordinator_restart = None
+                    self.restart_coordinator()
+                    for other in self.sites:
+                        self._poll(other)  # every long poll fails at once; each site says Hello again
+                    moved = True
+                    break
                 drop = drops.get(name)
                 if drop is not None and task.kind == pb.StepKind.Value(drop.kind.value) and task.phase == drop.phase:
                     del drops[name]

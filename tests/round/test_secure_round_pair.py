@@ -199,6 +199,19 @@ def test_a_site_restarted_inside_a_secure_round_counts_as_dropped_there(stage, t
     assert_facts(pair, set(THREE))
 
 
+@pytest.mark.parametrize("stage", [Step.TRAIN, Step.SECAGG_SHARE, Step.SECAGG_UNMASK], ids=lambda s: s.value)
+def test_a_coordinator_restarted_inside_a_secure_round_reruns_it(stage, tmp_path, pki):
+    """The round in flight is lost with the process (never half-published); the new one runs it again."""
+    pair = secure_pair("ffa", THREE, tmp_path, pki)
+    first = pair.orch
+    entry = pair.run_round(coordinator_restart=stage)
+    assert pair.orch is not first and first.current is not None  # the old process died mid-round
+    assert entry["version"] == "v0001" and entry["round"] == 1, entry
+    assert [p[0] for p in pair.published] == [1]
+    assert_facts(pair, set(THREE))
+    assert_oracle("ffa", pair, set(THREE), tmp_path, pki)
+
+
 def test_the_secure_round_pair_sees_the_secure_sum_not_a_plaintext_upload(tmp_path, pki):
     """Guard for the harness itself: under secure aggregation no site is ever asked for a plaintext upload."""
     pair = secure_pair("ffa", THREE, tmp_path, pki)
