@@ -44,9 +44,9 @@ from fedquilt.coordinator.wakeups import Wakeups
 from fedquilt.proto import federation_pb2 as pb
 from fedquilt.proto import tensors_pb2 as tpb
 from fedquilt.strategies.base import Aggregate, LocalUpdate, TrainingPlan
-from fedquilt.strategies.lora import Adapter, LoraFactors
+from fedquilt.strategies.lora import Adapter
 from fedquilt.strategies.registry import make_rule
-from round_pair import ALPHA, FINGERPRINT, SHAPES, Clock, RoundPair
+from round_pair import ALPHA, FINGERPRINT, SHAPES, Clock, RoundPair, draw_factors
 
 STAGE_TIMEOUT = 30.0
 
@@ -211,13 +211,7 @@ class DrawTrainer:
                      for m, (d, k) in SHAPES.items()}
             return TrainResult(update=LocalUpdate(dense=dense), n_samples=self.n, losses=[1.0], loss_before=2.0,
                                loss_after=1.0)
-        trained: Adapter = {}
-        for m, (d, k) in SHAPES.items():
-            init = plan.init[m] if plan.init is not None else None
-            a = init.A if init is not None and not plan.train_a else torch.randn(plan.rank, k, generator=gen) * 0.3
-            b = init.B if init is not None and not plan.train_b else torch.randn(d, plan.rank, generator=gen) * 0.3
-            trained[m] = LoraFactors(A=a.to(torch.float32), B=b.to(torch.float32), scaling=plan.scaling)
-        return TrainResult(update=LocalUpdate(adapter=trained), n_samples=self.n, losses=[1.0], loss_before=2.0,
+        return TrainResult(update=LocalUpdate(adapter=draw_factors(plan, gen)), n_samples=self.n, losses=[1.0], loss_before=2.0,
                            loss_after=1.0)
 
 
