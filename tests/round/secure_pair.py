@@ -294,8 +294,9 @@ class SecurePair:
     def restart_coordinator(self) -> None:
         """A new coordinator process on the newest published version; sites re-enrol when it says so."""
         last = self.published[-1] if self.published else None
-        self.coordinator.start(glob=None if last is None else last[1], rounds_done=self.orch.rounds_done,
-                               version=self.orch.global_version)
+        status = self.orch.status()
+        self.coordinator.start(glob=None if last is None else last[1], rounds_done=int(status["rounds_done"]),
+                               version=status["global_version"])
 
     # ---- one round ------------------------------------------------------------------------------
 

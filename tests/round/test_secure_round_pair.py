@@ -183,7 +183,8 @@ def test_a_coordinator_restarted_between_secure_rounds_continues(name, tmp_path,
     assert pair.run_round()["version"] == "v0001"
     before = pair.orch
     pair.restart_coordinator()  # the sites' next poll is refused (not enrolled): they say Hello again
-    assert pair.orch is not before and pair.orch.rounds_done == 1 and pair.orch.global_version == "v0001"
+    status = pair.orch.status()
+    assert pair.orch is not before and status["rounds_done"] == 1 and status["global_version"] == "v0001"
     entry = pair.run_round()
     assert entry["version"] == "v0002" and entry["round"] == 2, entry
     assert_facts(pair, set(THREE))
@@ -209,7 +210,7 @@ def test_a_coordinator_restarted_inside_a_secure_round_reruns_it(stage, tmp_path
     pair = secure_pair("ffa", THREE, tmp_path, pki)
     first = pair.orch
     entry = pair.run_round(coordinator_restart=stage)
-    assert pair.orch is not first and first.current is not None  # the old process died mid-round
+    assert pair.orch is not first and first.status()["current_round"] is not None  # the old one died mid-round
     assert entry["version"] == "v0001" and entry["round"] == 1, entry
     assert [p[0] for p in pair.published] == [1]
     assert_facts(pair, set(THREE))
