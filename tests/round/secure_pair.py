@@ -38,7 +38,8 @@ from fedquilt.coordinator.orchestrator import Orchestrator
 from fedquilt.coordinator.peer_limits import PeerLimits
 from fedquilt.coordinator.rpc_errors import RefusalLog
 from fedquilt.coordinator.secure_sum import make_factory
-from fedquilt.coordinator.servicer import Edge, FederationService
+from fedquilt.coordinator.rpc_handlers import Edge
+from fedquilt.coordinator.servicer import FederationService
 from fedquilt.coordinator.steps import Step
 from fedquilt.coordinator.wakeups import Wakeups
 from fedquilt.proto import federation_pb2 as pb
