@@ -29,7 +29,9 @@ from .peer_limits import PeerLimits
 from .pki import Role
 from .registry import FileModelStore
 from .rpc_errors import RefusalLog
-from .servicer import AdminService, Edge, FederationService, ModelsService, generic_handlers
+from .operator_services import AdminService, ModelsService
+from .rpc_handlers import Edge, generic_handlers
+from .servicer import FederationService
 from .wakeups import Wakeups
 
 T = TypeVar("T")

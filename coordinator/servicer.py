@@ -1,10 +1,8 @@
-"""The async gRPC edge: authorise, decode, call the domain, encode — a few lines per RPC.
+"""The sites' service (``Federation``): authorise, decode, call the domain, encode — a few lines per RPC.
 
 Theory of operation
 -------------------
-Every method is registered with raw bytes in and out, so a malformed protobuf is ours to refuse
-(INVALID_ARGUMENT, one rate-limited log line) rather than grpc's (INTERNAL and a traceback). Handlers
-are coroutines on the server's event loop: a long poll awaits a wake-up from the round driver and an
+Handlers (raw bytes in and out, ``rpc_handlers``) are coroutines on the server's event loop: a long poll awaits a wake-up from the round driver and an
 upload awaits its next message, so neither holds a thread. The domain (``Orchestrator``, the model
 store) stays synchronous and runs on a bounded thread pool for the short time each call takes. Before
 any work, a call takes one of its peer's slots (``PeerLimits``); an upload also takes its site's only
@@ -14,113 +12,30 @@ upload slot, and its header is checked against the open round before a body byte
 from __future__ import annotations
 
 import asyncio
-import functools
 import time
-from contextlib import asynccontextmanager
-import json
-from concurrent.futures import Executor
 from pathlib import Path
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, AsyncIterator, Awaitable, Callable, Mapping, Sequence, TypeVar, cast
+from typing import TYPE_CHECKING, AsyncIterator
 
 import grpc
-import grpc.aio
-from google.protobuf.message import Message
 
-from ..proto import codec, status_wire
+from ..proto import codec
 from ..proto import federation_pb2 as pb
 from ..proto import round_pb2 as rpb
 from ..proto.reports import train_report_from_pb
 from ..proto.round_spec import RoundSpec, encode_spec
 from ..proto import tensors_pb2 as tpb
-from .identity import Authorizer
-from .manifest import max_epsilon
-from .metrics import Direction, Metrics
+from .metrics import Direction
 from .orchestrator import Orchestrator
 from .peer_limits import PeerLimits
 from .pki import Role
-from .registry import FileModelStore, validate_name
-from .rpc_errors import RefusalLog, refuse
+from .rpc_errors import refuse
 from .site_input import hello_facts, train_metrics, unmask_metrics
 from .steps import Assignment, SiteId, Step
 from .wakeups import Wakeups, wait_for_change
+from .rpc_handlers import Ctx, Edge, decode, guarded, unary, unary_stream
 
-T = TypeVar("T")
-M = TypeVar("M", bound=Message)
-Ctx = Any  # grpc.aio.ServicerContext; its stubs are generic over raw bytes here
 if TYPE_CHECKING:
-    Handler = grpc.RpcMethodHandler[Any, Any]
-
-
-@dataclass
-class Edge:
-    """What every service shares: identity, limits, refusal log, metrics and the domain's thread pool."""
-
-    authz: Authorizer
-    metrics: Metrics
-    limits: PeerLimits
-    refusals: RefusalLog
-    pool: Executor
-    chunk_bytes: int = codec.CHUNK_BYTES
-
-    async def run(self, fn: Callable[..., T], *args: Any) -> T:
-        """Run a (short, synchronous) domain call on the pool."""
-        return await asyncio.get_running_loop().run_in_executor(self.pool, functools.partial(fn, *args))
-
-    def check(self, context: Ctx, need: Role | set[Role]) -> SiteId:
-        """The caller's id if its certificate may do this."""
-        return SiteId(self.authz.check(_auth(context), need).site_id)
-
-
-def _auth(context: Ctx) -> Mapping[str, Sequence[bytes]]:
-    return cast("Mapping[str, Sequence[bytes]]", context.auth_context())
-
-
-def _peer(context: Ctx) -> str:
-    """The certificate's CN when TLS gave one, else the transport address (for limits and log lines)."""
-    names = _auth(context).get("x509_common_name") or ()
-    return bytes(names[0]).decode(errors="replace")[:100] if names else str(context.peer())[:100]
-
-
-def decode(kind: type[M], raw: bytes) -> M:
-    """Parse a request; a malformed one raises DecodeError (INVALID_ARGUMENT)."""
-    return kind.FromString(raw)
-
-
-@asynccontextmanager
-async def guarded(edge: Edge, context: Ctx, method: str) -> AsyncIterator[None]:
-    """Hold one of the peer's call slots; any error ends the call with its precise status."""
-    peer = _peer(context)
-    try:
-        with edge.limits.call(peer, method):
-            yield
-    except grpc.aio.AbortError:
-        raise
-    except Exception as exc:
-        await refuse(context, exc, method, peer, edge.refusals, edge.metrics)
-
-
-def unary(edge: Edge, method: str, kind: type[M], body: Callable[[M, Ctx], Awaitable[Message]]) -> Handler:
-    """A unary method handler on raw bytes."""
-
-    async def call(raw: bytes, context: Ctx) -> bytes:
-        async with guarded(edge, context, method):
-            return (await body(decode(kind, raw), context)).SerializeToString()
-        raise AssertionError("unreachable: guarded ends the call")  # pragma: no cover
-
-    return grpc.unary_unary_rpc_method_handler(call)
-
-
-def unary_stream(edge: Edge, method: str, kind: type[M],
-                 body: Callable[[M, Ctx], Awaitable[Sequence[Message]]]) -> Handler:
-    """A server-streaming handler: ``body`` returns every reply message (built before the first is sent)."""
-
-    async def call(raw: bytes, context: Ctx) -> AsyncIterator[bytes]:
-        async with guarded(edge, context, method):
-            for reply in await body(decode(kind, raw), context):
-                yield reply.SerializeToString()
-
-    return grpc.unary_stream_rpc_method_handler(call)
+    from .rpc_handlers import Handler
 
 
 class SpecCache:
@@ -284,99 +199,3 @@ class FederationService:
         else:
             raise codec.CodecError(f"Submit does not take kind {pb.StepKind.Name(request.kind)}")
         return pb.Ack(accepted=True, message="accepted")
-
-
-class ModelsService:
-    """Consumers pull published versions (the roles allowed are the operator's setting)."""
-
-    name = "fedquilt.v1.Models"
-
-    def __init__(self, edge: Edge, store: FileModelStore, pull_roles: set[Role], crl_path: Path | None = None) -> None:
-        self.edge, self.store, self.pull_roles = edge, store, set(pull_roles)
-        self.crl_path = crl_path
-        """Streamed as ``crl.pem`` after a version's files: the consumer checks the manifest signer against it."""
-
-    def handlers(self) -> dict[str, Handler]:
-        """Method name -> handler."""
-        return {"ListVersions": unary(self.edge, "ListVersions", pb.ListVersionsRequest, self.list_versions),
-                "Pull": unary_stream(self.edge, "Pull", pb.PullRequest, self.pull)}
-
-    async def list_versions(self, request: pb.ListVersionsRequest, context: Ctx) -> pb.VersionList:
-        """Every published version of a model."""
-        self.edge.check(context, self.pull_roles)
-        return await self.edge.run(self._list, validate_name("model", request.model))
-
-    def _list(self, model: str) -> pb.VersionList:
-        out = []
-        for version in self.store.versions(model):
-            m = self.store.manifest(model, version)
-            out.append(pb.VersionInfo(model=model, version=version, round=int(m.get("round", 0)),
-                                      rule=str(m.get("rule", "")), round_id=str(m.get("round_id") or ""),
-                                      published_at=status_wire.timestamp_of_iso(m.get("created")),
-                                      epsilon=max_epsilon(m), tags=self.store.tags_of(model, version)))
-        return pb.VersionList(versions=out)
-
-    async def pull(self, request: pb.PullRequest, context: Ctx) -> list[pb.FileChunk]:
-        """A version's files and its signed manifest, chunked."""
-        self.edge.check(context, self.pull_roles)
-        return await self.edge.run(self._pull, validate_name("model", request.model), request.version or "latest")
-
-    def _pull(self, model: str, ref: str) -> list[pb.FileChunk]:
-        version = self.store.resolve(model, ref)
-        manifest = self.store.manifest(model, version)
-        files = {"manifest.json": json.dumps(manifest, indent=2, sort_keys=True).encode()}
-        for name in sorted(manifest["files"]):
-            files[name] = self.store.read(model, version, name)
-        if self.crl_path is not None and self.crl_path.exists() and "crl.pem" not in files:
-            files["crl.pem"] = self.crl_path.read_bytes()
-        self.edge.metrics.record_bytes(Direction.SENT, sum(len(body) for body in files.values()))
-        return [pb.FileChunk(path=name, data=chunk.data, offset=chunk.offset, file_size=chunk.total_size,
-                             sha256=chunk.sha256, version=version)
-                for name, body in files.items() for chunk in codec.chunks(body, self.edge.chunk_bytes)]
-
-
-class AdminService:
-    """Operator RPCs (admin certificates only)."""
-
-    name = "fedquilt.v1.Admin"
-
-    def __init__(self, edge: Edge, orch: Orchestrator, wakeups: Wakeups,
-                 wall_clock: Callable[[], float] = time.time) -> None:
-        self.edge, self.orch, self.wakeups = edge, orch, wakeups
-        self.wall_clock = wall_clock
-        """Turns the orchestrator's "seconds ago" into the Timestamps of the replies."""
-
-    async def _status(self) -> pb.StatusReply:
-        snapshot = await self.edge.run(self.orch.status)
-        return pb.StatusReply(status=status_wire.status_to_pb(snapshot, self.wall_clock()))
-
-    def handlers(self) -> dict[str, Handler]:
-        """Method name -> handler."""
-        e = self.edge
-        return {"Status": unary(e, "Status", pb.StatusRequest, self.status),
-                "ListSites": unary(e, "ListSites", pb.ListSitesRequest, self.list_sites),
-                "SetFederationState": unary(e, "SetFederationState", pb.FederationStateRequest, self.set_state)}
-
-    async def status(self, request: pb.StatusRequest, context: Ctx) -> pb.StatusReply:
-        """The status snapshot."""
-        self.edge.check(context, Role.ADMIN)
-        return await self._status()
-
-    async def list_sites(self, request: pb.ListSitesRequest, context: Ctx) -> pb.SiteList:
-        """Every known site."""
-        self.edge.check(context, Role.ADMIN)
-        sites = (await self.edge.run(self.orch.status))["sites"]
-        now = self.wall_clock()
-        return pb.SiteList(sites=[status_wire.site_info(s, now) for s in sites])
-
-    async def set_state(self, request: pb.FederationStateRequest, context: Ctx) -> pb.StatusReply:
-        """Start or pause the federation."""
-        self.edge.check(context, Role.ADMIN)
-        await self.edge.run(self.orch.set_running, bool(request.running))
-        self.wakeups.changed(force=True)
-        return await self._status()
-
-
-def generic_handlers(*services: FederationService | ModelsService | AdminService) -> list[grpc.GenericRpcHandler]:
-    """One generic handler per service (raw bytes in and out)."""
-    return [grpc.method_handlers_generic_handler(s.name, s.handlers()) for s in services]

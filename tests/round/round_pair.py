@@ -33,6 +33,17 @@ ALPHA = 8.0
 FINGERPRINT = "f" * 64
 
 
+def draw_factors(plan: Any, gen: torch.Generator) -> Adapter:
+    """A site's "trained" factors: the plan's rank drawn from ``gen``, whatever the rule froze kept as given."""
+    trained: Adapter = {}
+    for m, (d, k) in SHAPES.items():
+        init = plan.init[m] if plan.init is not None else None
+        a = init.A if init is not None and not plan.train_a else torch.randn(plan.rank, k, generator=gen) * 0.3
+        b = init.B if init is not None and not plan.train_b else torch.randn(d, plan.rank, generator=gen) * 0.3
+        trained[m] = LoraFactors(A=a.to(torch.float32), B=b.to(torch.float32), scaling=plan.scaling)
+    return trained
+
+
 class Clock:
     """An injected clock the test moves by hand."""
 
@@ -138,12 +149,7 @@ class RoundPair:
             site.work = (spec, rule, ctx, LocalUpdate(dense={m: w.to(torch.float32) for m, w in dense.items()}))  # type: ignore[attr-defined]
             self.orch.trained(SiteId(site.name), task.round_id, task.step, {"n": site.n})
             return
-        trained: Adapter = {}
-        for m, (d, k) in SHAPES.items():
-            init = plan.init[m] if plan.init is not None else None
-            a = init.A if init is not None and not plan.train_a else torch.randn(plan.rank, k, generator=gen) * 0.3
-            b = init.B if init is not None and not plan.train_b else torch.randn(d, plan.rank, generator=gen) * 0.3
-            trained[m] = LoraFactors(A=a.to(torch.float32), B=b.to(torch.float32), scaling=plan.scaling)
+        trained = draw_factors(plan, gen)
         site.trained[spec.round] = trained
         site.work = (spec, rule, ctx, LocalUpdate(adapter=trained))  # type: ignore[attr-defined]
         self.orch.trained(SiteId(site.name), task.round_id, task.step, {"n": site.n})
