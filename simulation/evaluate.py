@@ -3,8 +3,9 @@
 The global state goes through the coordinator's own ``publishable_adapter`` (dense updates factored
 by SVD as they would be published), ΔW = s·B·A is added to the target weights of one base model kept
 for evaluation (the originals restored before every evaluation) and the federated ``modules_to_save``
-parameters replace the head. Scores: accuracy and mean cross-entropy for ``seq-cls``; mean token loss
-and perplexity for ``causal-lm``.
+parameters replace the head. Scores: accuracy and mean cross-entropy for ``seq-cls``; for ``causal-lm``
+the mean loss over all predicted tokens of the held-out rows (not a mean of per-batch means, which
+would over-weight short rows) and its exponential, the perplexity.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from torch.utils.data import DataLoader
 
 from ..agent.basemodel import load_base
 from ..agent.data import TokenizedDataset
+from ..agent.trainer import loss_weight
 from ..coordinator.publish import publishable_adapter
 from ..strategies.base import Aggregate
 from ..strategies.adapters import Task
@@ -59,16 +61,19 @@ class Evaluator:
         """Accuracy and loss (seq-cls) or loss and perplexity (causal-lm) of ``agg`` on ``data``."""
         self._load(agg)
         loader = DataLoader(data, batch_size=self.batch_size, shuffle=False, collate_fn=data.collate)
-        loss_sum, correct, count = 0.0, 0, 0
+        loss_sum, weight_sum, correct, count = 0.0, 0.0, 0, 0
         with torch.no_grad():
             for batch in loader:
                 out = self.model(**batch)
-                size = int(batch["input_ids"].shape[0])
-                loss_sum += float(out.loss) * size
+                # The batch's loss is a mean over its rows (seq-cls) or its predicted tokens (causal-lm):
+                # weighting by the same count makes the total the mean over all rows or all tokens.
+                weight = loss_weight(batch)
+                loss_sum += float(out.loss) * weight
+                weight_sum += weight
                 if self.task == "seq-cls":
                     correct += int((out.logits.argmax(-1) == batch["labels"]).sum())
-                count += size
-        loss = loss_sum / max(count, 1)
+                count += int(batch["input_ids"].shape[0])
+        loss = loss_sum / max(weight_sum, 1.0)
         if self.task == "seq-cls":
             return {"accuracy": correct / max(count, 1), "loss": loss}
-        return {"loss": loss, "perplexity": math.exp(min(loss, 50.0))}
+        return {"loss": loss, "perplexity": math.exp(min(loss, 50.0)), "tokens": int(weight_sum)}
