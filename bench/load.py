@@ -6,7 +6,14 @@ training). Sites run as threads spread over a few worker processes; the coordina
 started exactly as an operator starts it. For every (N, rule) the bench prints seconds per round, the
 coordinator's peak RSS and thread count, and the warnings/errors the sites logged; the last line is JSON.
 
+``--drop P``: every site ignores each step it is given (training, layout, each secure-sum stage) with
+probability P, independently, and so drops out of that round at that stage (it takes part again in the
+next round); the stage deadlines are short (8 s; training 20 s) so a round with a drop moves on. The
+table then says how many steps were dropped and how many rounds were discarded.
+
     OMP_NUM_THREADS=1 nice -n 10 python bench/load.py --sites 10,50,100,200 --rules secure-stack,fedit
+    OMP_NUM_THREADS=1 nice -n 10 python bench/load.py --sites 100 --rules secure-stack --rounds 20 \
+        --drop 0.01 --out bench/results/load-drops.json
 """
 
 from __future__ import annotations
