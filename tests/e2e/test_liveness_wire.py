@@ -45,16 +45,22 @@ def test_a_killed_agent_does_not_delay_the_next_rounds(workspace_factory: Callab
     def published() -> int:
         return sum(1 for h in orch.status()["history"] if h.get("version"))
 
+    def online(site: str) -> bool:
+        return any(s["online"] for s in orch.status()["sites"] if s["site"] == site)
+
+    victim = "site-1"
+
     try:
         deadline = time.monotonic() + 300
-        while published() < 1:
+        # Two sites suffice for a round, so under load round 1 can publish before the third agent has
+        # said hello: wait for the victim to be online too, or its going offline proves nothing.
+        while published() < 1 or not online(victim):
             assert time.monotonic() < deadline, orch.status()
             time.sleep(0.1)
         procs[1].send_signal(signal.SIGKILL)
         procs[1].wait()
         killed = time.monotonic()
-        victim = "site-1"
-        while next(s["online"] for s in orch.status()["sites"] if s["site"] == victim):
+        while online(victim):
             assert time.monotonic() - killed < 4.0 + 2 * 2.0 + 2.0, "the dead site still shows online"
             time.sleep(0.1)
         offline_after_s = time.monotonic() - killed
