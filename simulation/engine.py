@@ -137,7 +137,12 @@ class Simulation:
         for site in cohort:
             rule = _sums_only(federated_rule(self.cfg.federation.rule, self.cfg.federation.rule_params))
             plan = rule.start(received, ctx, site.name, self.cfg.model.alpha, state=site.state)
-            result = site.trainer.train(plan, site.data, self.hp, progress=False)
+            try:
+                result = site.trainer.train(plan, site.data, self.hp, progress=False)
+            finally:
+                # The sites share one resident base (``new_trainer``): take this site's round off it now, or the
+                # next site would start from its LoRA layers, dense weights or merge hooks.
+                site.trainer.release()
             updates[site.name] = (result.update, result.n_samples)
             before.append(result.loss_before)
             after.append(result.loss_after)
@@ -209,8 +214,10 @@ def new_trainer(cfg: SimConfig, model_dir: Path, seed: int) -> LoraTrainer:
     """A site's trainer, built as ``fedquilt agent run`` builds it (``LoraTrainer`` with the site's seed).
 
     The loaded base is shared between the sites of a process: each site gets a shallow copy of one
-    template trainer with its own seed and round counter (the base is never modified in place: every
-    round trains a fresh copy of it), so ten sites cost one model in memory and one load.
+    template trainer with its own seed and round counter, so ten sites cost one model in memory and one
+    load. A trainer trains on that resident base in place (LoRA layers, dense working weights, merge
+    hooks), so the engine releases every site's round right after it trained
+    (``tests/simulation/test_shared_base.py``).
     """
     m = cfg.model
     key = (str(model_dir), m.task, tuple(m.target_modules), m.device, m.num_labels, m.head_seed)
