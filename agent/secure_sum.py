@@ -1,4 +1,4 @@
-"""The site's side of a secure sum, sans I/O: a coordinator step in, the ``SiteAction``\\ s that answer it out.
+"""The site's side of a secure sum, sans I/O: a coordinator step in, the actions that answer it out.
 
 Theory of operation
 -------------------

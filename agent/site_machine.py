@@ -1,4 +1,4 @@
-"""The site machine: the coordinator's steps in, ``SiteAction``\\ s out; every site-side decision, no I/O.
+"""The site machine: the coordinator's steps in, actions out; every site-side decision, no I/O.
 
 Theory of operation
 -------------------
