@@ -13,7 +13,7 @@ state (saved by the driver on ``SaveRuleState``) and the secure-sum client this 
 
 Any stage may fall back to IDLE (the site drops out of the round: ``Drop``); a TRAIN step may start from
 HOLDING too (the next round). The site-side checks, each in one place: the DP floor (``dp_refusal``), a step
-of a round this site holds no trained update for (``_held``), the metrics-stay-inside-the-secure-sum rule
+of a round this site holds no trained update for (``on_step``), the metrics-stay-inside-the-secure-sum rule
 (``on_trained``), training stopped or past the DP budget (``on_train_failed``: no submit); the secure sum's
 own checks (privacy policy raised to ``min_contributors``, phase-0 survivor binding, refusals) are in
 ``SecureSumClient``, which only this machine calls.
@@ -24,17 +24,14 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
-from dataclasses import dataclass, field
-from enum import Enum
-from typing import Callable, Final
+from typing import Final
 
 from .. import contract
 from ..contract import TrainHyper, round_context
 from ..proto import codec
 from ..proto import federation_pb2 as pb
-from ..proto.round_spec import RoundSpec
 from ..secure_agg import SiteId
-from ..strategies.base import Aggregate, Broadcast, LocalUpdate, RoundContext, Vectors
+from ..strategies.base import Aggregate, Broadcast, RoundContext, Vectors
 from ..strategies.registry import federated_rule
 from ..strategies.rule import IndividualRule, Rule, SiteState
 from .config import PrivacySection
