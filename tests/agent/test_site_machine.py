@@ -144,6 +144,23 @@ def test_stopped_or_over_budget_training_submits_nothing(failure: Exception) -> 
     assert m.work is None and m.rounds_trained == 0 and m.stage is Stage.IDLE
 
 
+def test_an_event_the_stage_does_not_wait_for_is_refused() -> None:
+    """Results arrive only for the I/O asked for, and no step is taken while one is outstanding."""
+    m = machine()
+    with pytest.raises(RuntimeError, match="training result arrived while the site is IDLE"):
+        m.on_trained(TrainResult(LocalUpdate(), 1))
+    with pytest.raises(RuntimeError, match="GLOBAL fetched while the site is IDLE"):
+        m.on_fetched(Fetched(FetchKind.GLOBAL, b""))
+    spec = spec_of()
+    m.on_step(step(pb.TRAIN, spec))
+    with pytest.raises(RuntimeError, match="waits for I/O"):
+        m.on_step(step(pb.UPLOAD_PLAIN, spec, n=2))
+    with pytest.raises(RuntimeError, match="CRL fetched while the site is FETCHING_GLOBAL"):
+        m.on_fetched(Fetched(FetchKind.CRL, b""))
+    m.interrupted()  # the driver's download was refused: rest again, holding nothing
+    assert m.stage is Stage.IDLE and m.work is None
+
+
 # ---- plaintext phases -----------------------------------------------------------------------------
 
 
