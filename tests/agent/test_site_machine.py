@@ -264,27 +264,24 @@ class SumDriver:
 
     def run(self, sites: tuple[str, ...], phase: int = 0) -> sa.AggregateResult:
         server = self.announce(sites, phase)
-        announce = secagg_wire.encode_secagg(server.start())
-        for s in sites:
-            self._receive(server, s, "KeyAdvertisement", self.reply(s, pb.SECAGG_ADVERTISE, phase, announce))
-        relay = secagg_wire.encode_secagg(server.relay_advertisements())
-        for s in sites:
-            self._receive(server, s, "EncryptedShares", self.reply(s, pb.SECAGG_SHARE, phase, relay))
+        self._stage(server, sites, phase, pb.SECAGG_ADVERTISE, server.start(), "KeyAdvertisement")
+        self._stage(server, sites, phase, pb.SECAGG_SHARE, server.relay_advertisements(), "EncryptedShares")
         for s, routed in server.route_shares().items():
             upload = only(self.ask(s, pb.SECAGG_MASKED, phase, secagg_wire.encode_secagg(routed)), UploadMasked)
             sid, vector = codec.decode_masked(upload.data, server.params.ring_bits, server.layout.size)
             server.receive(sa.SiteId(s), sa.MaskedInput(sid, sa.SiteId(s), vector))
-        consistency = secagg_wire.encode_secagg(server.request_consistency())
-        for s in sites:
-            self._receive(server, s, "ConsistencySignature", self.reply(s, pb.SECAGG_CONSISTENCY, phase, consistency))
-        unmask = secagg_wire.encode_secagg(server.request_unmask())
-        for s in sites:
-            self._receive(server, s, "RevealedShares", self.reply(s, pb.SECAGG_UNMASK, phase, unmask))
+        self._stage(server, sites, phase, pb.SECAGG_CONSISTENCY, server.request_consistency(), "ConsistencySignature")
+        self._stage(server, sites, phase, pb.SECAGG_UNMASK, server.request_unmask(), "RevealedShares")
         return server.finish()
 
-    def _receive(self, server: sa.ServerSession, site: str, kind: str, submit: Submit) -> None:
-        assert not submit.refusal, submit.refusal
-        server.receive(sa.SiteId(site), secagg_wire.decode_secagg(kind, submit.payload))
+    def _stage(self, server: sa.ServerSession, sites: tuple[str, ...], phase: int, kind: int, message: Any,
+               reply: str) -> None:
+        """Every site's machine answers ``message`` (the same for all) with a ``reply`` the server takes."""
+        payload = secagg_wire.encode_secagg(message)
+        for s in sites:
+            submit = self.reply(s, kind, phase, payload)
+            assert not submit.refusal, submit.refusal
+            server.receive(sa.SiteId(s), secagg_wire.decode_secagg(reply, submit.payload))
 
 
 def trained_sites(root: Path, spec: RoundSpec, min_sites: int = 2) -> dict[str, SiteMachine]:
