@@ -1,68 +1,58 @@
-"""The agent's life: enrol, wait for a step, do it, repeat — until the federation shuts down.
+"""The agent's I/O driver: enrol, wait for a step, perform what the site machine decides, repeat.
 
 Theory of operation
 -------------------
-The coordinator never dials out; the agent long-polls ``WaitForTask`` and handles one
-``Task`` at a time. ``TRAIN`` downloads the global state, lets the rule's client half plan the
-local training, trains, and reports metrics; the trained update stays in memory for the
-round's phases. ``UPLOAD_PLAIN`` sends a phase's vectors in plaintext; the ``SECAGG_*`` steps run
-the secure sum through ``SecureSumClient``. Connection loss is retried with backoff by the
-transport; after a reconnect the agent says Hello again (the coordinator may have restarted) and
-keeps its step counter, which only grows on the coordinator's side.
+The coordinator never dials out; the agent long-polls ``WaitForTask`` and handles one ``Task`` at a
+time. Every decision is the site machine's (``agent/site_machine.py``: the DP floor, the secure sum's
+privacy checks, which metrics may leave): ``AgentLoop`` decodes the task into a ``SiteStep``, hands it to
+``SiteMachine.on_step`` and performs the actions (``SiteAction``) that come back in order — transport calls,
+local training through the ``Trainer`` (watched by ``RoundWatch``, so ``admin stop`` interrupts it), the
+rule-state file, the audit copies — feeding each ``Fetch`` / ``Train`` result back to the machine. A call the
+coordinator refuses (a gRPC status) ends the step with one warning and keeps the round held; any other
+failure drops this site out of the round. Connection loss is retried with backoff by the transport; after a
+reconnect the agent says Hello again (the coordinator may have restarted) and keeps its step counter, which
+only grows on the coordinator's side.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import math
-from dataclasses import dataclass, field
+from collections import deque
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Mapping
 
 import grpc
 import numpy as np
 
-from .. import contract
-from ..contract import TrainHyper, round_context
 from ..proto import codec
 from ..proto import federation_pb2 as pb
 from ..proto import tensors_pb2 as tpb
 from ..proto.reports import train_report_to_pb
-from ..proto.round_spec import RoundSpec, decode_spec
-from ..strategies.base import Broadcast, LocalUpdate, RoundContext
-from ..strategies.rule import IndividualRule, Rule
-from ..strategies.registry import federated_rule
-from .privacy_ledger import BudgetExhausted
+from ..secure_agg import SiteId
 from .config import PrivacySection
+from .privacy_ledger import BudgetExhausted
 from .privacy_session import PrivacySite
 from .round_watch import RoundWatch
 from .rule_state import RuleStateFile
 from .secure_sum import SecureSumClient
-from .site_port import PhaseWork, SiteTransport
+from .site_actions import (Audit, Drop, Fetch, Fetched, FetchKind, KeepUpdate, SaveRuleState, SiteAction, Submit,
+                           Train, UploadMasked, UploadTensors, decode_step)
+from .site_machine import SiteMachine
+from .site_port import SiteTransport
+from .site_work import RoundWork
 from .trainer import TrainingStopped, TrainResult, Trainer
 
 log = logging.getLogger("fedquilt.agent")
 
-
-@dataclass
-class RoundWork:
-    """What the agent keeps between the steps of one round."""
-
-    spec: RoundSpec
-    rule: Rule | IndividualRule
-    ctx: RoundContext
-    update: LocalUpdate
-    n: int
-    broadcasts: dict[int, Broadcast] = field(default_factory=dict)
-    broadcast_digests: dict[int, bytes] = field(default_factory=dict)
-    """sha256 of each broadcast exactly as downloaded (binds the next secure sum's masks to it)."""
-    metrics: dict[str, Any] = field(default_factory=dict)
-    """This site's training/eval metrics; under SecAgg they travel only inside the first secure sum."""
+_DOWNLOADS = {FetchKind.GLOBAL: pb.DownloadRequest.GLOBAL, FetchKind.BROADCAST: pb.DownloadRequest.BROADCAST,
+              FetchKind.CRL: pb.DownloadRequest.CRL}
 
 
 class AgentLoop:
     """Serves rounds for one site until SHUTDOWN (or ``max_steps`` for tests)."""
+
+    machine_class: type[SiteMachine] = SiteMachine
+    """The site machine this driver runs (a test plays a hostile site with a subclass)."""
 
     def __init__(self, transport: SiteTransport, trainer: Trainer, data: Any, hello: pb.HelloRequest, alpha: float,
                  state_dir: Path, eval_data: Any = None, privacy: PrivacySite | None = None,
@@ -70,20 +60,55 @@ class AgentLoop:
                  keep_submissions: bool = False) -> None:
         self.transport, self.trainer, self.data, self.eval_data = transport, trainer, data, eval_data
         self.hello_req, self.alpha, self.privacy, self.progress = hello, alpha, privacy, progress
-        self.secure_sum = secure_sum
         self.keep_submissions = keep_submissions
         self.state_dir = state_dir
         state_dir.mkdir(parents=True, exist_ok=True)
         self.rule_state_file = RuleStateFile(state_dir / "rule_state.pt")
-        self.rule_state: dict[str, Any] = self.rule_state_file.load()
-        self.site = ""
+        self.machine = self.machine_class(alpha=alpha, rule_state=self.rule_state_file.load(), secure_sum=secure_sum,
+                                          privacy=privacy)
         self.after_step = 0
-        self.work: RoundWork | None = None
-        self.rounds_trained = 0
-        self._global_cache: tuple[str | None, Any] = ("", None)
-        self.privacy_floor: PrivacySection | None = None
-        """The site's ``[privacy]`` section (agent/config.py); with DP on, rounds below its batch sizes are refused."""
         transport.on_reconnect = self._reconnected
+
+    # ---- the machine's state, as callers and tests read it ------------------------------------------
+
+    @property
+    def site(self) -> str:
+        """This site's id (learnt at enrolment)."""
+        return self.machine.site
+
+    @site.setter
+    def site(self, value: str) -> None:
+        self.machine.site = SiteId(value)
+
+    @property
+    def work(self) -> RoundWork | None:
+        """The round this site holds (its trained update), or None."""
+        return self.machine.work
+
+    @work.setter
+    def work(self, value: None) -> None:
+        if value is not None:
+            raise ValueError("only the site machine starts holding a round; set work to None to drop it")
+        self.machine.forget()
+
+    @property
+    def rounds_trained(self) -> int:
+        """Rounds this site trained for (and reported) since it started."""
+        return self.machine.rounds_trained
+
+    @property
+    def secure_sum(self) -> SecureSumClient | None:
+        """The site machine's secure-sum client."""
+        return self.machine.secure_sum
+
+    @property
+    def privacy_floor(self) -> PrivacySection | None:
+        """The site's ``[privacy]`` section; with DP on, rounds below its batch sizes are refused (by the machine)."""
+        return self.machine.floor
+
+    @privacy_floor.setter
+    def privacy_floor(self, floor: PrivacySection | None) -> None:
+        self.machine.floor = floor
 
     # ---- lifecycle ----------------------------------------------------------------------------
 
@@ -124,127 +149,51 @@ class AgentLoop:
     def _handle(self, task: pb.Task) -> None:
         kind = pb.StepKind.Name(task.kind)
         try:
-            if task.kind == pb.TRAIN:
-                self._train(task)
-            elif task.kind == pb.UPLOAD_PLAIN:
-                self._upload_plain(task)
-            elif kind.startswith("SECAGG_") or task.kind == pb.DECLARE_LAYOUT:
-                self._secagg(task)
-            elif task.kind == pb.ROUND_DONE:
-                log.info("round %s closed: %s", task.round_id, task.message)
-                self.work = None
+            self._perform_all(self.machine.on_step(decode_step(task)))
         except grpc.RpcError as exc:
             # The coordinator refused this step (stale, duplicate, …): the round goes on without us.
             log.warning("%s for %s refused: %s %s", kind, task.round_id, exc.code().name, exc.details())
+            self.machine.interrupted()
         except Exception:
             log.exception("%s for round %s failed; this site drops out of the round", kind, task.round_id)
-            self.work = None
+            self.machine.forget()
 
-    # ---- steps --------------------------------------------------------------------------------
+    # ---- performing the machine's actions ---------------------------------------------------------
 
-    def _global(self, version: str | None) -> Any:
-        if self._global_cache[0] != version:
-            self._global_cache = (version, contract.decode_aggregate(self.transport.download(pb.DownloadRequest.GLOBAL)))
-        return self._global_cache[1]
+    def _perform_all(self, actions: list[SiteAction]) -> None:
+        queue = deque(actions)
+        while queue:
+            queue.extend(self._perform(queue.popleft()))
 
-    def _train(self, task: pb.Task) -> None:
-        spec = decode_spec(task.spec)
-        rule = federated_rule(spec.rule, spec.params)  # issue 14: the round's modules_to_save travel with the rule
-        ctx = round_context(spec)
-        glob = self._global(spec.global_version)
-        plan = rule.start(glob, ctx, self.site, self.alpha, state=self.rule_state)
-        hp = TrainHyper.model_validate(spec.train)
-        refusal = self._dp_refusal(hp)
-        if refusal:
-            # No submit: the coordinator's training deadline moves the round on without this site.
-            log.error("round %d: refusing to train under DP: %s ([privacy] in agent.toml)", spec.round, refusal)
-            self.work = None
-            return
-        log.info("round %d: training (rule %s, rank %d)", spec.round, spec.rule, plan.rank)
+    def _perform(self, action: SiteAction) -> list[SiteAction]:
+        """Do one action; the machine's follow-up actions for a ``Fetch`` or ``Train``."""
+        if isinstance(action, Train):
+            return self._train(action)
+        if isinstance(action, Fetch):
+            return self.machine.on_fetched(fetch(self.transport, action))
+        if isinstance(action, SaveRuleState):
+            self.rule_state_file.save(action.state)
+        elif isinstance(action, Audit):
+            self.audit(action.round_id, action.phase, action.vectors)
+        elif isinstance(action, KeepUpdate):
+            if self.keep_submissions:
+                from ..strategies.adapters import save_peft
+
+                save_peft(action.adapter, self.state_dir / "submissions" / f"{action.round_id}-update", "local",
+                          "causal-lm")
+        elif not isinstance(action, Drop):  # a Drop was logged by the machine; nothing goes out
+            send(self.transport, action)
+        return []
+
+    def _train(self, action: Train) -> list[SiteAction]:
         try:
-            with RoundWatch(self.transport, task.step) as stop:  # `admin stop` interrupts training (issue 13)
+            with RoundWatch(self.transport, action.step) as stop:  # `admin stop` interrupts training (issue 13)
                 if hasattr(self.trainer, "stop_requested"):
                     self.trainer.stop_requested = stop
-                result: TrainResult = self.trainer.train(plan, self.data, hp, progress=self.progress)
-        except TrainingStopped as exc:
-            log.warning("round %d: %s", spec.round, exc)
-            self.work = None
-            return
-        except BudgetExhausted as exc:
-            # No submit: the coordinator's training deadline moves the round on without this site.
-            log.error("round %d: not taking part, %s; this site submits nothing and declines every later "
-                      "round that would pass its DP budget", spec.round, exc)
-            self.work = None
-            return
-        metrics: dict[str, Any] = {"n": result.n_samples, "loss_before": _finite(result.loss_before),
-                                   "loss_after": _finite(result.loss_after), "steps": len(result.losses),
-                                   "eval_loss": _finite(result.eval_loss)}
-        if self.privacy is not None:
-            metrics["dp"] = self.privacy.report_of(result)  # refuses a result trained without DP
-        # The federation decides each site's weight (its capped count, or 1 for equal weighting); the
-        # coordinator checks the summed count against it and discards a round that disagrees.
-        n = int(spec.weights.get(self.site, result.n_samples))
-        self.work = RoundWork(spec=spec, rule=rule, ctx=ctx, update=result.update, n=n, metrics=dict(metrics))
-        if spec.secagg is not None:
-            # Under secure aggregation no per-site value computed from data leaves in the clear: the losses go
-            # through the secure sum (agent/secure_sum.py); only the DP report (a property of this site's
-            # configuration and public sample count) is sent.
-            metrics = {k: v for k, v in metrics.items() if k == "dp"}
-        if self.keep_submissions and result.update.adapter:
-            from ..strategies.adapters import save_peft
-
-            save_peft(result.update.adapter, self.state_dir / "submissions" / f"{spec.round_id}-update", "local", "causal-lm")
-        self.rounds_trained += 1
-        log.info("round %d: loss %.4f -> %.4f", spec.round, result.loss_before, result.loss_after)
-        self.transport.submit(pb.SubmitRequest(round_id=task.round_id, step=task.step, kind=pb.TRAIN,
-                                               train=train_report_to_pb(metrics)))
-
-    def _dp_refusal(self, hp: TrainHyper) -> str:
-        """Why this site's [privacy] floor refuses these hyper-parameters under DP ("" if it does not)."""
-        floor = self.privacy_floor
-        if self.privacy is None or floor is None:
-            return ""
-        if hp.batch_size < floor.min_dp_batch_size:
-            return f"batch_size {hp.batch_size} is below min_dp_batch_size {floor.min_dp_batch_size}"
-        if hp.eval_batches is not None and hp.eval_batches < floor.min_dp_eval_batches:
-            return f"eval_batches {hp.eval_batches} is below min_dp_eval_batches {floor.min_dp_eval_batches}"
-        return ""
-
-    def phase_vectors(self, work: PhaseWork, phase: int, ctx: RoundContext) -> dict[str, Any]:
-        """The rule's vectors for ``phase`` of the round held (downloading that phase's broadcast once)."""
-        assert isinstance(work, RoundWork), "the loop's own round work"
-        if isinstance(work.rule, IndividualRule):
-            return work.rule.vectors(work.update, work.n, ctx)
-        broadcast = None
-        if phase > 0:
-            if phase not in work.broadcasts:
-                data = self.transport.download(pb.DownloadRequest.BROADCAST, work.spec.round_id, phase)
-                work.broadcasts[phase] = Broadcast(tensors=codec.decode_tensors(data))
-                work.broadcast_digests[phase] = hashlib.sha256(data).digest()
-            broadcast = work.broadcasts[phase]
-        vectors = work.rule.vectors(phase, work.update, work.n, ctx, broadcast, state=self.rule_state)
-        if phase == work.rule.phases - 1:
-            self.rule_state_file.save(self.rule_state)
-        return vectors
-
-    def _current(self, task: pb.Task) -> RoundWork:
-        if self.work is None or self.work.spec.round_id != task.round_id:
-            raise RuntimeError(f"asked for {pb.StepKind.Name(task.kind)} of round {task.round_id} but this site "
-                               "holds no trained update for it (it may have restarted)")
-        return self.work
-
-    def _upload_plain(self, task: pb.Task) -> None:
-        work = self._current(task)
-        vectors = self.phase_vectors(work, task.phase, work.ctx)
-        self.audit(task.round_id, task.phase, vectors)
-        ack = self.transport.upload_tensors(task.round_id, task.step, task.phase, vectors)
-        log.info("round %d phase %d: uploaded %d tensors (%s)", work.spec.round, task.phase, len(vectors), ack.message)
-
-    def _secagg(self, task: pb.Task) -> None:
-        if self.secure_sum is None:
-            raise RuntimeError("the coordinator runs secure aggregation but this agent has no secure-sum client")
-        work = self._current(task)
-        self.secure_sum(self, work, task)
+                result: TrainResult = self.trainer.train(action.plan, self.data, action.hp, progress=self.progress)
+        except (TrainingStopped, BudgetExhausted) as exc:
+            return self.machine.on_train_failed(exc)
+        return self.machine.on_trained(result)
 
     def audit(self, round_id: str, phase: int, vectors: Mapping[str, Any]) -> None:
         """Keep a plaintext copy of what this site submits (only with ``keep_submissions``)."""
@@ -255,8 +204,34 @@ class AgentLoop:
                 {k: np.asarray(v) for k, v in vectors.items()}))
 
 
-def _finite(x: float) -> float | None:
-    return float(x) if x is not None and math.isfinite(x) else None
+def fetch(transport: SiteTransport, action: Fetch) -> Fetched:
+    """Download what ``action`` asks for; a CRL that cannot be fetched comes back as a failure, not an error."""
+    try:
+        data = transport.download(_DOWNLOADS[action.what], action.round_id, action.phase)
+    except grpc.RpcError as exc:
+        if action.what is not FetchKind.CRL:
+            raise
+        return Fetched(action.what, None, exc.code().name)
+    return Fetched(action.what, data)
+
+
+def send(transport: SiteTransport, action: Submit | UploadTensors | UploadMasked) -> None:
+    """Send one reply to the coordinator, exactly as the wire expects it."""
+    if isinstance(action, UploadTensors):
+        ack = transport.upload_tensors(action.round_id, action.step, action.phase, dict(action.vectors))
+        log.info("round %d phase %d: uploaded %d tensors (%s)", action.round, action.phase, len(action.vectors),
+                 ack.message)
+    elif isinstance(action, UploadMasked):
+        transport.upload(action.round_id, action.step, action.phase, action.encoding, action.data)
+    elif action.report is not None:
+        transport.submit(pb.SubmitRequest(round_id=action.round_id, step=action.step, kind=action.kind,
+                                          train=train_report_to_pb(action.report)))
+    elif action.refusal:
+        transport.submit(pb.SubmitRequest(round_id=action.round_id, step=action.step, kind=action.kind,
+                                          refusal=action.refusal))
+    else:
+        transport.submit(pb.SubmitRequest(round_id=action.round_id, step=action.step, kind=action.kind,
+                                          payload=action.payload))
 
 
 def hello_request(trainer: Trainer, fingerprint: str, n: int, rank: int, alpha: float, task: str,

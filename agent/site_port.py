@@ -1,19 +1,19 @@
-"""The typed seams between the agent's loop, its transport and its secure-sum client.
+"""The typed seams of the site: its I/O driver's transport, and what its pure parts read of each other.
 
-``AgentLoop`` drives I/O; ``SecureSumClient`` runs one site's side of each secure sum. They meet only
-through these protocols, so neither reaches into the other's attributes:
+``AgentLoop`` (``agent/loop.py``) is the only part that does I/O; ``SiteMachine`` (``agent/site_machine.py``)
+decides, and owns the ``SecureSumClient`` that answers the secure-sum steps. They meet through these protocols:
 
-* :class:`SiteTransport` — what the loop and the secure-sum client send and fetch (``agent/transport.py``
-  over mutual-TLS gRPC; an in-memory one in tests).
-* :class:`SecureSumHost` — what the secure-sum client needs from the site: its id, the transport, whether
-  it trains under DP, the phase's vectors (computed once by the loop) and the audit hook.
-* :class:`PhaseWork` — the round the site holds: its spec, context, sample count, metrics and the digests of
-  the broadcasts it downloaded (the next sum's masks are bound to them).
+* :class:`SiteTransport` — what the driver sends and fetches (``agent/transport.py`` over mutual-TLS gRPC;
+  an in-memory channel in tests). Neither the machine nor the secure-sum client ever holds one.
+* :class:`PhaseWork` — the round the machine holds, as the secure-sum client reads it: its spec, context,
+  sample count, metrics, whether it trained under DP, the digests of the broadcasts downloaded (the next
+  sum's masks are bound to them) and the rule's vectors of a phase.
+* :class:`DpReporter` — the site's DP-SGD engine, which turns a training result into the TRAIN report's ``dp``.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable, Mapping, Protocol
+from typing import Callable, Iterable, Mapping, Protocol
 
 import numpy as np
 
@@ -21,6 +21,7 @@ from ..proto.round_spec import RoundSpec
 from ..proto import federation_pb2 as pb
 from ..proto import tensors_pb2 as tpb
 from ..strategies.base import RoundContext
+from .trainer import TrainResult
 
 
 class SiteTransport(Protocol):
@@ -59,27 +60,24 @@ class SiteTransport(Protocol):
 
 
 class PhaseWork(Protocol):
-    """The round a site holds between its steps (``agent.loop.RoundWork``)."""
+    """The round a site holds between its steps, as its secure-sum client reads it (``site_machine.RoundWork``)."""
 
     spec: RoundSpec
     ctx: RoundContext
     n: int
-    metrics: dict[str, Any]
+    metrics: dict[str, object]
     broadcast_digests: dict[int, bytes]
+    dp: bool
+    """Whether this site trained the round under DP-SGD (then no training metric leaves it, even summed)."""
 
-
-class SecureSumHost(Protocol):
-    """What ``SecureSumClient`` needs from the site it runs for (``AgentLoop``)."""
-
-    site: str
-    transport: SiteTransport
-    privacy: Any
-    """The site's DP-SGD engine, or None (under DP no training metric leaves the site, even summed)."""
-
-    def phase_vectors(self, work: PhaseWork, phase: int, ctx: RoundContext) -> Mapping[str, Any]:
-        """The rule's vectors for this phase (the loop computes them; the client only scales and masks)."""
+    def vectors(self, phase: int, ctx: RoundContext) -> Mapping[str, np.ndarray]:
+        """The rule's vectors for this phase (the client only scales, noises and masks them)."""
         ...
 
-    def audit(self, round_id: str, phase: int, vectors: Mapping[str, Any]) -> None:
-        """Keep a plaintext copy of what is submitted (only with ``keep_submissions``)."""
+
+class DpReporter(Protocol):
+    """The site's DP-SGD engine as the site machine sees it (``privacy_session.PrivacySite``)."""
+
+    def report_of(self, result: TrainResult) -> dict[str, object]:
+        """The ``"dp"`` metrics of a training result; raises for a result trained without DP."""
         ...

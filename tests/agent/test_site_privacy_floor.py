@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 import pytest
 
 from fedquilt.agent.config import AgentConfig, PrivacySection
-from fedquilt.agent.loop import AgentLoop
+from fedquilt.agent.site_machine import dp_refusal
 from fedquilt.agent.trainer import TrainHyper
 
 
@@ -31,7 +29,5 @@ def test_defaults_are_safe() -> None:
 ])
 def test_dp_round_below_the_floor_is_refused(hp: dict[str, int], floor: dict[str, int], why: str) -> None:
     """A coordinator asking for batch_size 1 turns a loss into one record's loss; a site may ask for more eval."""
-    loop = SimpleNamespace(privacy=object(), privacy_floor=PrivacySection(**floor))
-    assert AgentLoop._dp_refusal(loop, TrainHyper.model_validate(hp)) == why  # type: ignore[arg-type]
-    no_dp = SimpleNamespace(privacy=None, privacy_floor=PrivacySection(**floor))
-    assert AgentLoop._dp_refusal(no_dp, TrainHyper.model_validate(hp)) == ""  # type: ignore[arg-type]
+    assert dp_refusal(PrivacySection(**floor), TrainHyper.model_validate(hp)) == why
+    # (A site without DP is never refused by this floor: tests/agent/test_site_machine.py drives the machine.)

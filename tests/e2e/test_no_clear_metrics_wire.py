@@ -88,13 +88,13 @@ def test_coordinator_receives_no_per_site_metric(federation, monkeypatch) -> Non
     monkeypatch.setattr(FederationService, "handlers",
                         lambda self: {m: recording.wrap(m, h) for m, h in original(self).items()})
     truth: dict[str, dict[str, Any]] = {}
-    train = AgentLoop._train
+    handle = AgentLoop._handle
 
     def spy(self: AgentLoop, task: Any) -> None:
-        train(self, task)
-        if self.work is not None:
+        handle(self, task)
+        if task.kind == pb.TRAIN and self.work is not None:
             truth[self.site] = dict(self.work.metrics)
-    monkeypatch.setattr(AgentLoop, "_train", spy)
+    monkeypatch.setattr(AgentLoop, "_handle", spy)
 
     fed = federation(sites=3, secagg=True, rounds=1, dp=DP, min_sites=3,
                      train={"local_steps": 2, "batch_size": 8, "lr": 3e-3})

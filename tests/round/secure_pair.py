@@ -1,7 +1,7 @@
 """SecurePair: the real coordinator edge and N real agent loops, wired in memory (no sockets, no processes).
 
-Each site is the agent's own ``AgentLoop`` with its ``SecureSumClient`` (the loop is the client's
-``SecureSumHost``) over the agent's own ``Transport``; the transport's channel hands each serialized
+Each site is the agent's own ``AgentLoop`` (the I/O driver of its ``SiteMachine``, which owns the
+site's ``SecureSumClient``) over the agent's own ``Transport``; the transport's channel hands each serialized
 request straight to the coordinator's ``FederationService`` handlers, with an auth context that names
 the site's certificate (issued by an in-test CA), so the servicer authorises, decodes, dispatches to the
 ``Orchestrator`` and encodes exactly as it does behind gRPC. Under ``secure=True`` the orchestrator runs

@@ -1,7 +1,7 @@
 """A hostile site cannot take the federation over by the numbers it declares or the count it submits.
 
 Real agent loops (own certificate and channel, the real secure-sum client) around a stand-in trainer;
-the hostile site is an ``AgentLoop`` whose submission is changed after its honest computation.
+the hostile site is an ``AgentLoop`` whose site machine changes its submission after the honest computation.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from fedquilt.agent.loop import AgentLoop
+from fedquilt.agent.site_machine import SiteMachine
 from fedquilt.strategies.adapters import load_peft
 from fedquilt.proto import codec
 from fedquilt.proto import federation_pb2 as pb
@@ -26,7 +27,7 @@ INVALID = grpc.StatusCode.INVALID_ARGUMENT
 HONEST = ("site-0", "site-1")
 
 
-class CancellingCount(AgentLoop):
+class CancellingMachine(SiteMachine):
     """Submits a count that cancels the honest sites' counts (inside the clip range)."""
 
     def phase_vectors(self, work: Any, phase: int, ctx: Any) -> dict[str, Any]:
@@ -35,13 +36,21 @@ class CancellingCount(AgentLoop):
         return vectors
 
 
-class InflatedCount(AgentLoop):
+class CancellingCount(AgentLoop):
+    machine_class = CancellingMachine
+
+
+class InflatedMachine(SiteMachine):
     """Declares 10 samples in its Hello but submits its factors weighted by 2^40."""
 
     def phase_vectors(self, work: Any, phase: int, ctx: Any) -> dict[str, Any]:
         vectors = dict(super().phase_vectors(work, phase, ctx))
         factor = float(2**40) / work.n
         return {k: np.asarray(v, np.float64) * factor for k, v in vectors.items()}
+
+
+class InflatedCount(AgentLoop):
+    machine_class = InflatedMachine
 
 
 def _serve(loop: AgentLoop) -> None:
@@ -91,9 +100,9 @@ def test_a_count_other_than_the_assigned_one_discards_the_secure_round(coordinat
 class Recording(AgentLoop):
     """An honest loop that keeps the factors it trained (to compute the expected aggregate)."""
 
-    def _train(self, task: Any) -> None:
-        super()._train(task)
-        if self.work is not None:
+    def _handle(self, task: Any) -> None:
+        super()._handle(task)
+        if task.kind == pb.TRAIN and self.work is not None:
             self.trained_adapter = dict(self.work.update.adapter or {})
 
 

@@ -27,6 +27,7 @@ from fedquilt.proto import codec
 from fedquilt.proto.round_spec import decode_spec
 from fedquilt.proto import federation_pb2 as pb
 from fedquilt.strategies.base import RoundContext
+from secure_steps import answer
 
 SITES = ("site-0", "site-1")
 
@@ -67,9 +68,8 @@ def _agents(w: Any, policy: sa.ClientPolicy, sites: tuple[str, ...] = SITES) -> 
     for i, who in enumerate(sites):
         cert, key = w.cert(who)
         out[who] = (SecureSumClient(ca, cert.read_bytes(), key.read_bytes(), policy=policy),
-                    SimpleNamespace(transport=Transport(w.channel(who)), site=who, privacy=None,
-                                    phase_vectors=lambda work, phase, ctx, i=i: w.tensors(seed=i),
-                                    audit=lambda *args: None))
+                    SimpleNamespace(transport=Transport(w.channel(who)), site=who,
+                                    vectors=lambda phase, ctx, i=i: w.tensors(seed=i)))
     return out
 
 
@@ -99,7 +99,7 @@ def test_announce_with_threshold_one_is_refused_before_any_key(coordinator: Any,
     agents = _agents(w, sa.ClientPolicy(min_sites=2))
     for who, (client, loop) in agents.items():
         task = ads[who]
-        client(loop, SimpleNamespace(spec=decode_spec(task.spec)), task)
+        answer(client, loop, SimpleNamespace(spec=decode_spec(task.spec)), task)
     advertise = [m for m in received["messages"] if m[1] == "SECAGG_ADVERTISE"]
     assert advertise == []  # no key advertisement reached the coordinator
     assert sorted((s, k) for s, k, *_ in received["refusals"]) == [(s, "SECAGG_ADVERTISE") for s in SITES]
@@ -155,7 +155,7 @@ def _step_all(w: Any, agents: dict[str, tuple[SecureSumClient, Any]], works: dic
     nxt = {who: w.wait_for(who, kind, task.step) for who, task in tasks.items()}
     for who, task in nxt.items():
         client, loop = agents[who]
-        client(loop, works[who], task)
+        answer(client, loop, works[who], task)
     return nxt
 
 
@@ -168,7 +168,8 @@ def test_different_survivor_lists_shown_to_sites_reveal_nothing(coordinator: Any
     w = coordinator(secagg=True, timeouts=(60.0, 30.0), federation={"min_sites": 3})
     agents = _agents(w, sa.ClientPolicy(min_sites=2), THREE)
     trained = w.open_round(THREE)
-    works = {who: SimpleNamespace(spec=decode_spec(t.spec), n=10, metrics={}, broadcast_digests={},
+    works = {who: SimpleNamespace(spec=decode_spec(t.spec), n=10, metrics={}, broadcast_digests={}, dp=False,
+                                  vectors=agents[who][1].vectors,  # the stand-in vectors
                                   ctx=RoundContext(round=1, shapes={}, ranks={}))  # only the stand-in vectors read it
              for who, t in trained.items()}
     for who, task in trained.items():

@@ -22,6 +22,7 @@ from fedquilt.coordinator.pki import Role, issue, revoke
 from fedquilt.proto import codec
 from fedquilt.proto.round_spec import decode_spec
 from fedquilt.proto import federation_pb2 as pb
+from secure_steps import answer
 
 
 @pytest.fixture
@@ -64,7 +65,7 @@ def test_sites_below_their_own_floor_refuse_and_the_coordinator_records_it(quick
         cert, key = w.cert(who)
         client = SecureSumClient(ca, cert.read_bytes(), key.read_bytes())  # default [privacy]: min 3 sites
         loop = SimpleNamespace(transport=Transport(w.channel(who)), site=who, privacy=None)
-        client(loop, SimpleNamespace(spec=decode_spec(task.spec)), task)
+        answer(client, loop, SimpleNamespace(spec=decode_spec(task.spec)), task)
         assert client.session is None  # the session failed before any key advertisement was sent
     assert set(collector.refusals) == {"site-0", "site-1"}
     assert all("below this site's minimum of 3" in r for r in collector.refusals.values())
