@@ -293,6 +293,8 @@ def main(argv: list[str] | None = None) -> int:
         ap.add_argument(f"--{name.replace('_', '-')}", type=int, dest=name)
     ap.add_argument("--lr", type=float)
     ap.add_argument("--tag", help="name of this run's result files (default: the preset)")
+    ap.add_argument("--plaintext-only", action="store_true",
+                    help="run every rule as its plaintext twin only (to add twins beside an earlier secure run)")
     ap.add_argument("--baselines-from", type=Path, action="append", default=[],
                     help="reuse the baselines of an earlier results JSON with the same settings (to split a grid over "
                          "processes); may be given several times")
@@ -329,7 +331,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"[{time.monotonic() - started:6.0f}s] {task} {part_name} seed {seed}: alone mean "
                       f"{b['alone_mean']:.3f} min {b['alone_min']:.3f}, centralized {b['central']:.3f}", flush=True)
                 for rule_name in p["rules"]:
-                    for secure in (True, False) if rule_name in p["twins"] else (True,):
+                    modes = (True, False) if rule_name in p["twins"] else (True,)
+                    for secure in (False,) if args.plaintext_only else modes:
                         cfg = sim_config(p, task, part, seed, secure=secure, **parse_rule(rule_name))
                         r = run_one(cfg, corpus, task_spec(task).metric)
                         runs.append({"task": task, "partition": part_name, "rule": rule_name, "secure": secure,
