@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from fedquilt.contract import TrainHyper
 from fedquilt.simulation.build import build_simulation
 from fedquilt.simulation.config import SimConfig
 from fedquilt.simulation.corpora import load_corpus
@@ -130,15 +131,11 @@ def parse_rule(name: str) -> dict[str, Any]:
             raise ValueError(f"rule {name!r}: what follows @ is key=value, got {item!r}")
         if key == "ranks":
             out["ranks"] = [int(r) for r in value.split("-")]
-        elif key == "optimizer":
-            out["train"][key] = value
-        elif key in ("galore_rank", "galore_update_proj_gap", "local_steps"):
-            out["train"][key] = int(value)
-        elif key in ("lr", "galore_scale", "prox_mu"):
-            out["train"][key] = float(value)
+        elif key in TrainHyper.model_fields:
+            out["train"][key] = value  # TrainHyper converts and checks it when the run is built
         else:
-            raise ValueError(f"rule {name!r}: unknown @{key}: use ranks, optimizer, galore_rank, "
-                             "galore_update_proj_gap, galore_scale, lr, local_steps or prox_mu")
+            raise ValueError(f"rule {name!r}: unknown @{key}: use ranks or a training key "
+                             f"({', '.join(sorted(TrainHyper.model_fields))})")
     return out
 
 
@@ -313,6 +310,7 @@ def main(argv: list[str] | None = None) -> int:
         if getattr(args, name) is not None:
             p[name] = getattr(args, name)
     tag = args.tag or preset
+    rule_keys = {name: parse_rule(name) for name in p["rules"]}  # a bad rule name fails now, not hours in
     started = time.monotonic()
     runs: list[dict[str, Any]] = []
     base: dict[str, dict[str, Any]] = {}
@@ -333,7 +331,7 @@ def main(argv: list[str] | None = None) -> int:
                 for rule_name in p["rules"]:
                     modes = (True, False) if rule_name in p["twins"] else (True,)
                     for secure in (False,) if args.plaintext_only else modes:
-                        cfg = sim_config(p, task, part, seed, secure=secure, **parse_rule(rule_name))
+                        cfg = sim_config(p, task, part, seed, secure=secure, **rule_keys[rule_name])
                         r = run_one(cfg, corpus, task_spec(task).metric)
                         runs.append({"task": task, "partition": part_name, "rule": rule_name, "secure": secure,
                                      "seed": seed, **r})
